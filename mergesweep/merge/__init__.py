@@ -1,0 +1,23 @@
+"""Merge methods: one module each, one registry line each."""
+
+from __future__ import annotations
+
+from mergesweep.errors import ConfigError
+from mergesweep.merge.base import MergeMethod, PrepareContext
+from mergesweep.merge.linear import TaskArithmetic
+from mergesweep.registry import Registry
+
+__all__ = ["METHODS", "MergeMethod", "PrepareContext", "build_method"]
+
+METHODS: Registry[type[MergeMethod]] = Registry("method", key="method.name")
+METHODS.register("task_arithmetic")(TaskArithmetic)
+METHODS.register("linear")(TaskArithmetic)
+
+
+def build_method(name: str, options: dict | None = None) -> MergeMethod:
+    """Instantiate the method registered as ``name`` with its config options."""
+    cls = METHODS.get(name)
+    try:
+        return cls(**(options or {}))
+    except TypeError as exc:
+        raise ConfigError(f"method.options: {exc} (method '{name}')") from None

@@ -1,0 +1,50 @@
+"""The objective protocol: what one task's metric is worth on a live model."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from mergesweep.pool import ModelPool
+
+__all__ = ["Direction", "Objective"]
+
+Direction = Literal["maximize", "minimize"]
+
+
+class Objective(ABC):
+    """One task's metric.
+
+    Built from config on the driver (cheap: no data loaded, so ``metric`` and ``direction`` are
+    known there) and set up on each worker with :meth:`setup`, which loads data once. The task
+    model evaluated is ``pool.model(task)`` unless the objective says otherwise.
+
+    Subclasses set ``kind``, ``metric`` and ``direction`` and take their options as keyword-only
+    constructor arguments after ``task`` (an unknown option is an error).
+    """
+
+    kind: ClassVar[str]
+    metric: str
+    direction: Direction
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+
+    def setup(self, pool: ModelPool, seed: int) -> None:  # noqa: B027
+        """Load data and tokenizers once per worker; the default needs nothing."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module) -> float:
+        """The metric of ``model`` on this task's fixed evaluation subset."""
+
+    def batches(self, limit: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """Model-input batches (no labels) from the task's data, for Fisher and AdaMerging."""
+        raise NotImplementedError(f"objective '{self.kind}' provides no input batches")
+
+    def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of ``model`` on one batch from :meth:`batches`."""
+        raise NotImplementedError(f"objective '{self.kind}' provides no logits")
