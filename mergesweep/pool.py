@@ -111,14 +111,34 @@ def _select(infos: dict[str, TensorInfo], spec: PoolSpec) -> list[str]:
     return names
 
 
+def _infos(path: str, *, key: str, trust_pickle: bool) -> dict[str, TensorInfo]:
+    """Tensor metadata under the names the live model uses.
+
+    For HF folders that is the model's own state-dict naming (transformers 5 renames checkpoint
+    keys at load time), read from the architecture built on the meta device: no weights load.
+    """
+    if _is_hf_folder(path):
+        import transformers
+
+        config = transformers.AutoConfig.from_pretrained(path)
+        cls = _model_class(config)
+        with torch.device("meta"):
+            model = cls(config)
+        return {
+            n: TensorInfo(n, tuple(t.shape), str(t.dtype).removeprefix("torch."))
+            for n, t in _named_slots(model).items()
+        }
+    return read_infos(path, key=key, trust_pickle=trust_pickle)
+
+
 def read_layout(spec: PoolSpec) -> PoolLayout:
-    """Check that base and experts fit and return the layout, reading file headers only."""
-    base = read_infos(spec.base, key="pool.base", trust_pickle=spec.trust_pickle)
+    """Check that base and experts fit and return the layout, without loading weights."""
+    base = _infos(spec.base, key="pool.base", trust_pickle=spec.trust_pickle)
     names = _select(base, spec)
     hashes = [content_hash(spec.base, key="pool.base")]
     for task, path in spec.experts.items():
         key = f"pool.experts.{task}"
-        infos = read_infos(path, key=key, trust_pickle=spec.trust_pickle)
+        infos = _infos(path, key=key, trust_pickle=spec.trust_pickle)
         for n in names:
             if n not in infos:
                 raise PoolError(f"{key}: tensor '{n}' of the base is missing in '{path}'")
@@ -165,23 +185,35 @@ def _is_hf_folder(path: str) -> bool:
     return Path(path).is_dir() and (Path(path) / "config.json").is_file()
 
 
+def _model_class(config) -> type:
+    import transformers
+
+    arch = (getattr(config, "architectures", None) or ["AutoModel"])[0]
+    cls = getattr(transformers, arch, None)
+    if cls is None:
+        raise PoolError(f"pool: architecture '{arch}' is not in this transformers version")
+    return cls
+
+
 def _load_hf_model(path: str) -> nn.Module:
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(path)
-    arch = (getattr(config, "architectures", None) or ["AutoModel"])[0]
-    cls = getattr(transformers, arch, None) or transformers.AutoModel
-    model = cls.from_pretrained(path)
+    model = _model_class(config).from_pretrained(path)
     model.eval()
     return model
 
 
 def _named_slots(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters and buffers by state-dict name (tied weights appear once, by first name)."""
+    """Persistent parameters and buffers by state-dict name; tied tensors once, first name."""
     if isinstance(model, TensorModule):
         return model.named_tensors()
-    slots: dict[str, torch.Tensor] = dict(model.named_parameters())
-    slots.update(dict(model.named_buffers()))
+    slots: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for n, t in model.state_dict(keep_vars=True).items():
+        if id(t) not in seen:
+            seen.add(id(t))
+            slots[n] = t
     return slots
 
 
@@ -194,7 +226,10 @@ class ModelPool:
         self.device = torch.device(spec.device)
         self.tau_dtype = _DTYPES[spec.dtype]
         names = list(self.layout.names)
-        base = read_tensors(spec.base, names, key="pool.base", trust_pickle=spec.trust_pickle)
+        if _is_hf_folder(spec.base):
+            base = {n: t.detach() for n, t in _named_slots(_load_hf_model(spec.base)).items()}
+        else:
+            base = read_tensors(spec.base, names, key="pool.base", trust_pickle=spec.trust_pickle)
         dtype = base[names[0]].dtype
         if not dtype.is_floating_point:
             dtype = torch.float32
