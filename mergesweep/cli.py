@@ -1,0 +1,196 @@
+"""The ``mergesweep`` command line.
+
+Errors a user can cause print one line (``error: <key or file>: <problem>``) and exit 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from mergesweep.errors import MergesweepError
+from mergesweep.storage import DEFAULT_STORAGE
+
+__all__ = ["main"]
+
+_storage_opt = click.option(
+    "--storage", default=DEFAULT_STORAGE, show_default=True, help="Optuna storage URL."
+)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+class _Group(click.Group):
+    """Turns user errors into one line and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MergesweepError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+def _print_summary(summary) -> None:
+    import optuna
+    from rich.console import Console
+
+    from mergesweep.report import render_best
+    from mergesweep.storage import open_storage
+
+    study = optuna.load_study(study_name=summary.study, storage=open_storage(summary.storage))
+    Console().print(render_best(study, limit=5))
+    click.echo(
+        f"study '{summary.study}' in {summary.storage}: {summary.complete} complete, "
+        f"{summary.failed} failed this run, {summary.wall_s:.1f} s"
+    )
+
+
+@click.group(cls=_Group)
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Search merge coefficients: spaces × searchers × objectives, stored in Optuna."""
+    ctx.obj = {"debug": debug}
+    _quiet_libraries()
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--storage", default=None, help="Storage URL (overrides the config's storage).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def run(config: str, overrides: tuple[str, ...], storage: str | None, no_progress: bool) -> None:
+    """Run the sweep CONFIG describes (continuing it if the study exists).
+
+    OVERRIDES are key.sub=value pairs, e.g. budget.trials=50 searcher.name=gp.
+    """
+    from mergesweep.api import run as api_run
+
+    extra = [*overrides, *([f"storage={storage}"] if storage else [])]
+    _print_summary(api_run(config, extra, progress=not no_progress))
+
+
+@main.command()
+@click.argument("study")
+@_storage_opt
+@click.argument("overrides", nargs=-1)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def resume(study: str, storage: str, overrides: tuple[str, ...], no_progress: bool) -> None:
+    """Continue STUDY from the storage alone until its budget (budget.*/executor.* may change)."""
+    from mergesweep.api import resume as api_resume
+
+    _print_summary(api_resume(study, storage, list(overrides), progress=not no_progress))
+
+
+@main.command()
+@click.argument("study")
+@click.option("--to", "to", required=True, help="Name of the new study.")
+@_storage_opt
+@click.argument("overrides", nargs=-1)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def fork(study: str, to: str, storage: str, overrides: tuple[str, ...], no_progress: bool) -> None:
+    """Start study --to from STUDY's complete trials (another searcher, budget...) and run it."""
+    from mergesweep.api import fork as api_fork
+
+    _print_summary(api_fork(study, to, storage, list(overrides), progress=not no_progress))
+
+
+@main.command()
+@click.argument("study")
+@_storage_opt
+@click.option("--limit", default=10, show_default=True, help="Rows for single-objective studies.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def show(study: str, storage: str, limit: int, as_json: bool) -> None:
+    """The best trials of STUDY (or its Pareto front) with per-task metrics."""
+    import optuna
+    from rich.console import Console
+
+    from mergesweep.report import best_trials, render_best
+    from mergesweep.storage import open_storage, require_study
+
+    st = open_storage(storage)
+    require_study(st, study, storage)
+    s = optuna.load_study(study_name=study, storage=st)
+    if as_json:
+        click.echo(json.dumps(best_trials(s, limit), indent=2))
+    else:
+        Console().print(render_best(s, limit))
+
+
+@main.command("list")
+@_storage_opt
+def list_cmd(storage: str) -> None:
+    """The studies in a storage with trial counts and best values."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mergesweep.report import list_studies
+
+    table = Table(title=f"studies in {storage}")
+    for col in ("name", "complete", "budget", "failed", "running", "directions", "best"):
+        table.add_column(col)
+    for row in list_studies(storage):
+        table.add_row(
+            *(str(row[c]) for c in ("name", "complete", "budget", "failed", "running")),
+            ",".join(row["directions"]),
+            str(row["best"]),
+        )
+    Console().print(table)
+
+
+@main.group()
+def zoo() -> None:
+    """Embedded model pools for demos, tests and benchmarks."""
+
+
+@zoo.command("build")
+@click.argument("name")
+@click.option("--threads", default=1, show_default=True, help="Torch threads for training.")
+def zoo_build(name: str, threads: int) -> None:
+    """Build zoo NAME (cached; a no-op when already built) and print its folder."""
+    from mergesweep.zoo import ensure_zoo
+
+    click.echo(str(ensure_zoo(name, progress=True, threads=threads)))
+
+
+def _quickstart() -> Path:
+    here = Path(__file__).resolve().parent.parent / "experiments" / "quickstart.yaml"
+    if not here.is_file():
+        from mergesweep.errors import MissingFileError
+
+        raise MissingFileError(f"demo: '{here}' not found (install mergesweep from its repository)")
+    return here
+
+
+@main.command()
+@click.argument("overrides", nargs=-1)
+@_storage_opt
+def demo(overrides: tuple[str, ...], storage: str) -> None:
+    """Build the digits zoo if needed and run experiments/quickstart.yaml."""
+    from mergesweep.api import run as api_run
+
+    _print_summary(api_run(_quickstart(), [*overrides, f"storage={storage}"], progress=True))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

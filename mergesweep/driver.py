@@ -1,0 +1,205 @@
+"""The sweep loop: ask → plan → submit → tell, keeping every worker busy, until the budget.
+
+Only this loop writes to the storage. A trial's metrics, timings and plan summary are written as
+user attrs *before* ``tell``, so a complete trial is always whole; a driver killed at any moment
+leaves at most RUNNING trials, which :func:`mergesweep.study.reconcile` fails and re-queues.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from mergesweep.errors import MergesweepError
+from mergesweep.runtime import Job, JobResult, build_executor
+from mergesweep.search import distributions
+from mergesweep.study import StudySetup
+
+__all__ = ["SweepError", "SweepSummary", "complete_count", "run_sweep", "study_values"]
+
+
+class SweepError(MergesweepError, RuntimeError):
+    """The sweep stopped before its budget (too many failed trials)."""
+
+
+@dataclass
+class SweepSummary:
+    """What a finished sweep reports."""
+
+    study: str
+    storage: str
+    complete: int
+    failed: int
+    best: list[dict[str, Any]] = field(default_factory=list)
+    overhead_s: float = 0.0
+    wall_s: float = 0.0
+
+
+def study_values(setup: StudySetup, metrics: dict[str, float]) -> list[float]:
+    """Per-task metrics → the study's values (one aggregate, or one per task for pareto)."""
+    from mergesweep.objectives.aggregate import aggregate
+
+    mode = setup.cfg.objectives.mode
+    if mode == "pareto":
+        return [metrics[t] for t in setup.objectives]
+    dirs = {t: o.direction for t, o in setup.objectives.items()}
+    return [aggregate(metrics, dirs, mode, setup.cfg.objectives.weights or None)]
+
+
+def complete_count(study: optuna.Study) -> int:
+    """Complete trials that count toward this study's budget (forked ones do not)."""
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if "forked_from" not in t.user_attrs
+    )
+
+
+def _best_line(study: optuna.Study) -> str:
+    try:
+        if len(study.directions) == 1:
+            return f"best {study.best_value:.4f}"
+        return f"front {len(study.best_trials)}"
+    except ValueError:
+        return "best -"
+
+
+class _Progress:
+    """A rich progress bar with ETA and best-so-far, or nothing when disabled."""
+
+    def __init__(self, enabled: bool, total: int, done: int, name: str) -> None:
+        self.bar = None
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[best]}"),
+        )
+        self.task = self.bar.add_task(name, total=total, completed=done, best="")
+        self.bar.start()
+
+    def update(self, done: int, best: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, best=best)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
+    """Drive the study until it holds ``budget.trials`` complete trials of its own."""
+    cfg, study = setup.cfg, setup.study
+    budget = cfg.budget.trials
+    cap = setup.searcher.max_trials(setup.space)
+    if cap is not None:
+        budget = min(budget, cap)
+    dists = distributions(setup.space)
+    driver = uuid.uuid4().hex[:12]
+    start = time.perf_counter()
+    done = complete_count(study)
+    failed = 0
+    overhead = 0.0
+    if done >= budget:
+        return _summary(setup, done, 0, 0.0, 0.0)
+    executor = build_executor(setup.config, setup.layout)
+    retries: dict[int, int] = {}
+    in_flight: dict[int, tuple[optuna.Trial, float]] = {}
+    bar = _Progress(progress, budget, done, cfg.name)
+    try:
+        while done < budget:
+            while len(in_flight) < executor.capacity and done + len(in_flight) < budget:
+                t0 = time.perf_counter()
+                trial = study.ask(dists)
+                trial.set_user_attr("driver", driver)
+                plan = setup.space.to_plan(trial.params)
+                trial.set_user_attr("plan", plan.summary(setup.layout.experts))
+                in_flight[trial.number] = (trial, time.perf_counter() - t0)
+                executor.submit(Job(trial.number, plan))
+            for result in executor.wait_any():
+                trial, ask_s = in_flight.pop(result.number)
+                result.timings["overhead_s"] = ask_s
+                t0 = time.perf_counter()
+                if _finish(setup, trial, result, retries, cfg.executor.max_retries):
+                    done += 1
+                else:
+                    failed += 1
+                spent = ask_s + time.perf_counter() - t0
+                overhead += spent
+                bar.update(done, _best_line(study))
+                if failed > cfg.budget.max_failures:
+                    raise SweepError(
+                        f"budget.max_failures: {failed} trials failed (limit "
+                        f"{cfg.budget.max_failures}); last: {result.error}"
+                    )
+    finally:
+        bar.close()
+        for trial, _ in in_flight.values():  # interrupted: re-queue, leave nothing RUNNING
+            trial.set_user_attr("fail_reason", "interrupted")
+            if "requeue_of" not in trial.user_attrs:
+                trial.set_user_attr("requeued", True)
+                study.enqueue_trial(trial.params, user_attrs={"requeue_of": trial.number})
+            study.tell(trial, state=TrialState.FAIL)
+        executor.shutdown()
+    return _summary(setup, done, failed, overhead, time.perf_counter() - start)
+
+
+def _finish(
+    setup: StudySetup, trial: optuna.Trial, result: JobResult, retries: dict[int, int], cap: int
+) -> bool:
+    """Record one result; return True when the trial is COMPLETE."""
+    timings = dict(result.timings)
+    if result.ok:
+        values = study_values(setup, result.metrics)
+        if all(math.isfinite(v) for v in values):
+            trial.set_user_attr("metrics", result.metrics)
+            trial.set_user_attr("timings", timings)
+            trial.set_user_attr("worker", result.worker)
+            setup.study.tell(trial, values)
+            return True
+        result.error = f"non-finite study value {values}"
+    trial.set_user_attr("fail_reason", result.error)
+    if result.retry:  # the worker died, not the trial: try the point again (capped)
+        origin = trial.user_attrs.get("requeue_of", trial.number)
+        if retries.get(origin, 0) < cap:
+            retries[origin] = retries.get(origin, 0) + 1
+            trial.set_user_attr("requeued", True)
+            setup.study.enqueue_trial(trial.params, user_attrs={"requeue_of": origin})
+    setup.study.tell(trial, state=TrialState.FAIL)
+    return False
+
+
+def _summary(
+    setup: StudySetup, done: int, failed: int, overhead: float, wall: float
+) -> SweepSummary:
+    from mergesweep.report import best_trials
+
+    return SweepSummary(
+        study=setup.cfg.name,
+        storage=setup.storage_url,
+        complete=done,
+        failed=failed,
+        best=best_trials(setup.study, limit=5),
+        overhead_s=overhead,
+        wall_s=wall,
+    )

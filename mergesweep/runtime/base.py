@@ -1,0 +1,64 @@
+"""The executor protocol: ``submit(job)``, ``wait_any()``, ``shutdown()``.
+
+The driver keeps ``capacity`` jobs in flight and refills as results arrive; only the driver
+writes to the storage. A job carries the plan (a small array), never model tensors.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from mergesweep.plan import MergePlan
+
+__all__ = ["Executor", "Job", "JobResult"]
+
+
+@dataclass
+class Job:
+    """One trial to run: its Optuna number and the plan to merge."""
+
+    number: int
+    plan: MergePlan
+
+
+@dataclass
+class JobResult:
+    """What a worker returns: per-task metrics and timings, or the reason it failed.
+
+    ``retry`` is true when the failure was the worker's (it died), not the trial's: the driver
+    re-queues such a trial's point (capped).
+    """
+
+    number: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    retry: bool = False
+    worker: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Executor(ABC):
+    """Runs jobs on workers that hold the pool resident."""
+
+    capacity: int = 1
+
+    @abstractmethod
+    def submit(self, job: Job) -> None:
+        """Start ``job``; the caller keeps at most ``capacity`` in flight."""
+
+    @abstractmethod
+    def wait_any(self, timeout: float | None = None) -> list[JobResult]:
+        """Block until at least one job finishes (or ``timeout``) and return the finished ones."""
+
+    def load_info(self) -> dict[str, Any]:
+        """Per-worker one-off costs (``load_s``), for the study's records."""
+        return {}
+
+    def shutdown(self) -> None:  # noqa: B027
+        """Release workers."""

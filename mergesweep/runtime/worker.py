@@ -1,0 +1,87 @@
+"""The worker side of a trial: load once, then merge in place and evaluate per job."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from mergesweep.config import ExperimentConfig, parse_config, resolve_strings
+from mergesweep.pool import ModelPool, PoolLayout, PoolSpec
+from mergesweep.runtime.base import Job, JobResult
+
+__all__ = ["Evaluator", "pool_spec", "resolved_config"]
+
+
+def resolved_config(config: dict[str, Any]) -> ExperimentConfig:
+    """The stored (unresolved) config dict with ``${zoo:...}`` and ``~`` resolved."""
+    return parse_config(resolve_strings(config))
+
+
+def pool_spec(cfg: ExperimentConfig) -> PoolSpec:
+    p = cfg.pool
+    return PoolSpec(
+        base=p.base,
+        experts=dict(p.experts),
+        include=tuple(p.include),
+        exclude=tuple(p.exclude),
+        dtype=p.dtype,
+        device=p.device,
+        trust_pickle=p.trust_pickle,
+    )
+
+
+class Evaluator:
+    """Holds the pool, the prepared merge method and the objectives' data resident.
+
+    Built from the study's stored config (paths, not tensors), so a Ray actor can build its own.
+    """
+
+    def __init__(self, config: dict[str, Any], layout: PoolLayout | None = None) -> None:
+        from mergesweep.merge import PrepareContext, build_method
+        from mergesweep.objectives import build_objective
+
+        start = time.perf_counter()
+        self.cfg = resolved_config(config)
+        torch.set_num_threads(self.cfg.executor.threads)
+        self.pool = ModelPool(pool_spec(self.cfg), layout)
+        self.objectives = {
+            task: build_objective(task, dict(spec))
+            for task, spec in self.cfg.objectives.tasks.items()
+        }
+        for obj in self.objectives.values():
+            obj.setup(self.pool, self.cfg.seed)
+        heads = {task: getattr(obj, "head", task) or task for task, obj in self.objectives.items()}
+        self.heads = heads
+        # Data-dependent methods (Fisher) see each expert's own task data.
+        ctx = PrepareContext(seed=self.cfg.seed)
+        for task, obj in self.objectives.items():
+            if heads[task] not in ctx.batches:
+                ctx.batches[heads[task]] = obj.batches
+                ctx.logits[heads[task]] = obj.logits
+        self.method = build_method(self.cfg.method.name, self.cfg.method.options)
+        self.method.prepare(self.pool, ctx)
+        self.load_s = time.perf_counter() - start
+
+    def evaluate(self, job: Job) -> JobResult:
+        """Merge ``job.plan`` into the live weights and score every task.
+
+        A raising objective or a non-finite metric gives a failed result with the reason; the
+        worker stays usable.
+        """
+        try:
+            t0 = time.perf_counter()
+            self.method.apply(self.pool, job.plan)
+            t1 = time.perf_counter()
+            metrics: dict[str, float] = {}
+            for task, obj in self.objectives.items():
+                value = float(obj.evaluate(self.pool.model(self.heads[task])))
+                if not math.isfinite(value):
+                    return JobResult(job.number, metrics, error=f"objective '{task}' gave {value}")
+                metrics[task] = value
+            t2 = time.perf_counter()
+        except Exception as exc:  # the trial fails, the sweep goes on
+            return JobResult(job.number, error=f"{type(exc).__name__}: {exc}")
+        return JobResult(job.number, metrics, {"merge_s": t1 - t0, "eval_s": t2 - t1})

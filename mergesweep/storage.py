@@ -1,0 +1,57 @@
+"""Optuna RDB storage: SQLite (WAL, busy timeout) by default, any SQLAlchemy URL otherwise."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import optuna
+
+from mergesweep.errors import StorageError
+
+__all__ = ["DEFAULT_STORAGE", "open_storage", "require_study", "study_names"]
+
+DEFAULT_STORAGE = "sqlite:///mergesweep.db"
+
+
+def _prepare_sqlite(url: str) -> None:
+    """Create the file's folder and switch it to WAL so a dashboard can read while we write."""
+    path = url.removeprefix("sqlite:///")
+    if not path or path == ":memory:" or url.startswith("sqlite:////:memory:"):
+        return
+    p = Path(path)
+    if not p.parent.exists():
+        raise StorageError(f"storage: folder '{p.parent}' of '{url}' does not exist")
+    try:
+        con = sqlite3.connect(str(p), timeout=30)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.close()
+    except sqlite3.Error as exc:
+        raise StorageError(f"storage: cannot open '{url}': {exc}") from None
+
+
+def open_storage(url: str = DEFAULT_STORAGE) -> optuna.storages.RDBStorage:
+    """Open (creating tables if needed) the storage at ``url``; one-line error if impossible."""
+    engine_kwargs: dict = {}
+    if url.startswith("sqlite:"):
+        _prepare_sqlite(url)
+        engine_kwargs = {"connect_args": {"timeout": 30}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StorageError(f"storage: cannot open '{url}': {first}") from None
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    return [s.study_name for s in storage.get_all_studies()]
+
+
+def require_study(storage: optuna.storages.BaseStorage, name: str, url: str) -> None:
+    """Raise a one-line error listing what exists when ``name`` is not in the storage."""
+    names = study_names(storage)
+    if name not in names:
+        known = ", ".join(names) if names else "none"
+        raise StorageError(f"study '{name}' does not exist in '{url}' (studies there: {known})")

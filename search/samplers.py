@@ -1,0 +1,146 @@
+"""Searchers backed by Optuna's own samplers: tpe, gp, cmaes, random, grid, nsga2."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import optuna
+from mergesweep.search.base import SearchContext, Searcher
+from mergesweep.spaces.base import Space
+
+from mergesweep.errors import ConfigError
+
+__all__ = ["GP", "NSGA2", "TPE", "CmaEs", "Grid", "Random"]
+
+
+class TPE(Searcher):
+    """Tree-structured Parzen estimator (multivariate), the quick default."""
+
+    name = "tpe"
+
+    def __init__(self, *, n_startup_trials: int = 10, multivariate: bool = True) -> None:
+        self.n_startup_trials = n_startup_trials
+        self.multivariate = multivariate
+
+    def sampler(self, ctx: SearchContext) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(
+            seed=ctx.seed,
+            n_startup_trials=self.n_startup_trials,
+            multivariate=self.multivariate,
+            warn_independent_sampling=False,
+        )
+
+    def options(self) -> dict[str, Any]:
+        return {"n_startup_trials": self.n_startup_trials, "multivariate": self.multivariate}
+
+
+class GP(Searcher):
+    """Optuna's Gaussian-process sampler (no botorch needed; handles several objectives)."""
+
+    name = "gp"
+
+    def __init__(self, *, n_startup_trials: int = 10) -> None:
+        self.n_startup_trials = n_startup_trials
+
+    def sampler(self, ctx: SearchContext) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.GPSampler(
+            seed=ctx.seed, n_startup_trials=self.n_startup_trials, warn_independent_sampling=False
+        )
+
+    def options(self) -> dict[str, Any]:
+        return {"n_startup_trials": self.n_startup_trials}
+
+
+class CmaEs(Searcher):
+    """CMA-ES started at the space's natural point; warm-starts from forked trials."""
+
+    name = "cmaes"
+    multi_objective = False
+
+    def __init__(self, *, sigma0: float | None = None, popsize: int | None = None) -> None:
+        self.sigma0 = sigma0
+        self.popsize = popsize
+
+    def sampler(self, ctx: SearchContext) -> optuna.samplers.BaseSampler:
+        x0 = ctx.space.init_point()
+        return optuna.samplers.CmaEsSampler(
+            x0=None if ctx.prior_trials else x0,
+            sigma0=self.sigma0,
+            popsize=self.popsize,
+            seed=ctx.seed,
+            source_trials=ctx.prior_trials or None,
+            warn_independent_sampling=False,
+        )
+
+    def options(self) -> dict[str, Any]:
+        return {"sigma0": self.sigma0, "popsize": self.popsize}
+
+
+class Random(Searcher):
+    """Uniform random search (the baseline every other searcher must beat)."""
+
+    name = "random"
+
+    def sampler(self, ctx: SearchContext) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.RandomSampler(seed=ctx.seed)
+
+
+class Grid(Searcher):
+    """A full grid: ``points`` evenly spaced values per parameter (or explicit ``values``)."""
+
+    name = "grid"
+
+    def __init__(self, *, points: int = 5, values: list[float] | None = None) -> None:
+        if points < 2 and values is None:
+            raise ConfigError("searcher.options.points: needs at least 2 points per parameter")
+        self.points = points
+        self.values = values
+
+    def grid(self, space: Space) -> dict[str, list[float]]:
+        grid = {
+            p.name: (
+                list(self.values)
+                if self.values is not None
+                else [round(float(v), 10) for v in np.linspace(p.low, p.high, self.points)]
+            )
+            for p in space.params
+        }
+        size = int(np.prod([len(v) for v in grid.values()], dtype=np.float64))
+        if size > 1_000_000:
+            raise ConfigError(
+                f"searcher.options.points: the grid has {size} points over {space.dim} "
+                "parameters; use fewer points or a smaller space"
+            )
+        return grid
+
+    def sampler(self, ctx: SearchContext) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.GridSampler(self.grid(ctx.space), seed=ctx.seed)
+
+    def max_trials(self, space: Space) -> int | None:
+        return int(np.prod([len(v) for v in self.grid(space).values()]))
+
+    def options(self) -> dict[str, Any]:
+        return {"points": self.points, "values": self.values}
+
+
+class NSGA2(Searcher):
+    """NSGA-II with a population sized to the budget (Optuna's 50 is too large for ~100–500)."""
+
+    name = "nsga2"
+
+    def __init__(self, *, population_size: int | None = None) -> None:
+        self.population_size = population_size
+
+    def population(self, budget: int) -> int:
+        if self.population_size is not None:
+            return self.population_size
+        return int(min(24, max(8, budget // 10)))
+
+    def sampler(self, ctx: SearchContext) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.NSGAIISampler(
+            population_size=self.population(ctx.budget), seed=ctx.seed
+        )
+
+    def options(self) -> dict[str, Any]:
+        return {"population_size": self.population_size}
