@@ -9,11 +9,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+from mergesweep.spaces.layers import index_labels
+
 from mergesweep.errors import SpaceError
 from mergesweep.plan import MergePlan
 from mergesweep.pool import PoolLayout
 
-__all__ = ["Param", "Space"]
+__all__ = ["GroupedSpace", "Param", "Space"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,12 @@ class Param:
     step: float | None = None
 
     def check(self, value: float) -> float:
-        v = float(value)
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise SpaceError(
+                f"space: parameter '{self.name}' = {value!r} is not a number"
+            ) from None
         if not (self.low <= v <= self.high):
             raise SpaceError(
                 f"space: parameter '{self.name}' = {v} is outside its bounds "
@@ -94,3 +102,28 @@ class Space(ABC):
             default=str,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class GroupedSpace(Space):
+    """One λ per expert per tensor group: tensors with the same label share coefficients.
+
+    Subclasses compute a label per tensor and call :meth:`_set_groups` in ``__init__``;
+    parameters are ``lambda.<expert>.<label>``, expert-major, labels in layout order.
+    """
+
+    def _set_groups(
+        self, labels: list[str] | tuple[str, ...], low: float, high: float, init: float
+    ) -> None:
+        self.groups, self.group_index = index_labels(labels)
+        self.params = [
+            Param(f"lambda.{e}.{g}", low, high, init)
+            for e in self.layout.experts
+            for g in self.groups
+        ]
+
+    def to_plan(self, point: Mapping[str, float]) -> MergePlan:
+        p = self.check(point)
+        values = np.array(
+            [[p[f"lambda.{e}.{g}"] for e in self.layout.experts] for g in self.groups]
+        )
+        return MergePlan(values[self.group_index])
