@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,6 @@ class TPE(Searcher):
             seed=ctx.seed,
             n_startup_trials=self.n_startup_trials,
             multivariate=self.multivariate,
-            warn_independent_sampling=False,
         )
 
     def options(self) -> dict[str, Any]:
@@ -63,15 +63,18 @@ class CmaEs(Searcher):
         self.popsize = popsize
 
     def sampler(self, ctx: SearchContext) -> optuna.samplers.BaseSampler:
-        x0 = ctx.space.init_point()
-        return optuna.samplers.CmaEsSampler(
-            x0=None if ctx.prior_trials else x0,
-            sigma0=self.sigma0,
-            popsize=self.popsize,
-            seed=ctx.seed,
-            source_trials=ctx.prior_trials or None,
-            warn_independent_sampling=False,
-        )
+        warm = bool(ctx.prior_trials)
+        with warnings.catch_warnings():
+            # x0/sigma0 are deprecated for optuna 6 but remain the way to start at a point.
+            warnings.simplefilter("ignore", FutureWarning)
+            return optuna.samplers.CmaEsSampler(
+                x0=None if warm else ctx.space.init_point(),
+                sigma0=None if warm else self.sigma0,
+                popsize=self.popsize,
+                seed=ctx.seed,
+                source_trials=ctx.prior_trials or None,
+                warn_independent_sampling=False,
+            )
 
     def options(self) -> dict[str, Any]:
         return {"sigma0": self.sigma0, "popsize": self.popsize}
