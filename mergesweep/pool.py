@@ -124,6 +124,10 @@ def _infos(path: str, *, key: str, trust_pickle: bool) -> dict[str, TensorInfo]:
         cls = _model_class(config)
         with torch.device("meta"):
             model = cls(config)
+        # from_pretrained loads in the checkpoint's dtype; the meta model must report the same.
+        dtype = _config_dtype(config)
+        if dtype is not None:
+            model.to(dtype)
         return {
             n: TensorInfo(n, tuple(t.shape), str(t.dtype).removeprefix("torch."))
             for n, t in _named_slots(model).items()
@@ -185,6 +189,14 @@ def _is_hf_folder(path: str) -> bool:
     return Path(path).is_dir() and (Path(path) / "config.json").is_file()
 
 
+def _config_dtype(config) -> torch.dtype | None:
+    """The floating dtype a HF folder's weights are stored in (``config.dtype``), if known."""
+    dtype = getattr(config, "dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
+
+
 def _model_class(config) -> type:
     import transformers
 
@@ -218,7 +230,15 @@ def _named_slots(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class ModelPool:
-    """Base, experts, task vectors and live task models, loaded once and kept resident."""
+    """Base, experts, task vectors and live task models, loaded once and kept resident.
+
+    Attributes:
+        base: ``(P,)`` θ₀ of the merged tensors, flat, in the base's dtype.
+        tau: ``(N, P)`` task vectors τₖ = θₖ − θ₀ in ``spec.dtype``.
+        live: ``(P,)`` the merged weights every task model's merged tensors are views of.
+        tau_owner: ``None``, or the method that rewrote :attr:`tau` in place (e.g. DARE's
+            masks); such a pool belongs to that method and is not reused by another one.
+    """
 
     def __init__(self, spec: PoolSpec, layout: PoolLayout | None = None) -> None:
         self.spec = spec
@@ -240,6 +260,8 @@ class ModelPool:
         for i, n in enumerate(names):
             self.flat_view(self.base, i).copy_(base[n])
         del base
+        # Set by a method that rewrites ``tau`` in place (DARE): the pool then belongs to it.
+        self.tau_owner: str | None = None
         self.models: dict[str, nn.Module] = {}
         for k, (task, path) in enumerate(spec.experts.items()):
             key = f"pool.experts.{task}"
@@ -254,7 +276,7 @@ class ModelPool:
                 ).to(torch.float32)
                 self.flat_view(self.tau[k], i).copy_(diff)
             model.to(self.device)
-            self._share(model)
+            self._share(model, key, path)
             self.models[task] = model
         self.reset()
 
@@ -269,15 +291,15 @@ class ModelPool:
             return model
         return TensorModule(tensors)
 
-    def _share(self, model: nn.Module) -> None:
+    def _share(self, model: nn.Module, key: str, path: str) -> None:
         """Point the model's merged tensors at views of the live buffer (tied stay tied)."""
         slots = _named_slots(model)
         for i, n in enumerate(self.layout.names):
             slot = slots[n]
             if slot.dtype != self.live.dtype:
                 raise PoolError(
-                    f"pool.experts: tensor '{n}' is {slot.dtype} in a model but {self.live.dtype} "
-                    "in the base"
+                    f"{key}: tensor '{n}' is {str(slot.dtype).removeprefix('torch.')} in "
+                    f"'{path}' but {str(self.live.dtype).removeprefix('torch.')} in the base"
                 )
             slot.data = self.flat_view(self.live, i)
 
@@ -302,6 +324,15 @@ class ModelPool:
     def model(self, task: str) -> nn.Module:
         """The live model of ``task`` (merged tensors shared, its own head)."""
         return self.models[task]
+
+    def merged_tensors(self, task: str) -> list[torch.Tensor]:
+        """The merged parameters (or buffers) of ``task``'s model in layout order.
+
+        These are the model's own objects (``nn.Parameter`` where the model has one), whose data
+        are views of :attr:`live`; gradient methods (Fisher) differentiate with respect to them.
+        """
+        slots = _named_slots(self.models[task])
+        return [slots[n] for n in self.layout.names]
 
     def expert_state(self, k: int) -> dict[str, torch.Tensor]:
         """θₖ of the merged tensors as fresh tensors (for tests and Fisher)."""

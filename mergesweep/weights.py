@@ -45,10 +45,13 @@ def weight_files(path: str | Path, *, key: str) -> list[Path]:
         if p.suffix == ".safetensors" or p.suffix in _TORCH_SUFFIXES:
             return [p]
         raise PoolError(f"{key}: '{p}' is neither .safetensors nor a torch file (.bin/.pt/.pth)")
-    index = p / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [p / s for s in shards]
+    for index in (p / "model.safetensors.index.json", p / "pytorch_model.bin.index.json"):
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            missing = [s for s in shards if not (p / s).is_file()]
+            if missing:
+                raise MissingFileError(f"{key}: shard '{p / missing[0]}' of '{index}' is missing")
+            return [p / s for s in shards]
     for pattern in ("model.safetensors", "*.safetensors", "pytorch_model.bin", "*.pt", "*.pth"):
         found = sorted(p.glob(pattern))
         if found:

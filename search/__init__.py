@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mergesweep.search.base import SearchContext, Searcher, distributions
-from mergesweep.search.samplers import GP, NSGA2, TPE, CmaEs, Grid, Random
-
 from mergesweep.errors import ConfigError
 from mergesweep.registry import Registry
+from mergesweep.search.base import SearchContext, Searcher, distributions
+from mergesweep.search.samplers import GP, NSGA2, TPE, CmaEs, Grid, Random
 
 __all__ = ["SEARCHERS", "SearchContext", "Searcher", "build_searcher", "distributions"]
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import optuna
+
 from mergesweep.spaces.base import Space
 
 __all__ = ["SearchContext", "Searcher", "distributions"]

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 import optuna
-from mergesweep.search.base import SearchContext, Searcher
-from mergesweep.spaces.base import Space
 
 from mergesweep.errors import ConfigError
+from mergesweep.search.base import SearchContext, Searcher
+from mergesweep.spaces.base import Space
 
 __all__ = ["GP", "NSGA2", "TPE", "CmaEs", "Grid", "Random"]
 
