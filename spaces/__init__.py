@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import inspect
 
+from mergesweep.errors import ConfigError
+from mergesweep.pool import PoolLayout
+from mergesweep.registry import Registry
 from mergesweep.spaces.anchors import Anchors
 from mergesweep.spaces.base import GroupedSpace, Param, Space
 from mergesweep.spaces.density import Density
@@ -16,10 +19,6 @@ from mergesweep.spaces.groupwise import GroupWise
 from mergesweep.spaces.layerwise import LayerWise
 from mergesweep.spaces.lines import Lines
 from mergesweep.spaces.modelwise import ModelWise
-
-from mergesweep.errors import ConfigError
-from mergesweep.pool import PoolLayout
-from mergesweep.registry import Registry
 
 __all__ = [
     "SPACES",

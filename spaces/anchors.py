@@ -13,13 +13,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from mergesweep.spaces._options import PREFIX, bounds, integer
-from mergesweep.spaces.base import Param, Space
-from mergesweep.spaces.layers import DEFAULT_LAYER_REGEX, parse_layers
 
 from mergesweep.errors import SpaceError
 from mergesweep.plan import MergePlan
 from mergesweep.pool import PoolLayout
+from mergesweep.spaces._options import PREFIX, bounds, integer
+from mergesweep.spaces.base import Param, Space
+from mergesweep.spaces.layers import DEFAULT_LAYER_REGEX, parse_layers
 
 __all__ = ["Anchors"]
 

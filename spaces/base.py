@@ -10,11 +10,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from mergesweep.spaces.layers import index_labels
 
 from mergesweep.errors import SpaceError
 from mergesweep.plan import MergePlan
 from mergesweep.pool import PoolLayout
+from mergesweep.spaces.layers import index_labels
 
 __all__ = ["GroupedSpace", "Param", "Space"]
 

@@ -12,12 +12,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from mergesweep.spaces._options import PREFIX, bounds, choice, per_expert
-from mergesweep.spaces.base import Param, Space
 
 from mergesweep.errors import ConfigError
 from mergesweep.plan import MergePlan
 from mergesweep.pool import PoolLayout
+from mergesweep.spaces._options import PREFIX, bounds, choice, per_expert
+from mergesweep.spaces.base import Param, Space
 
 __all__ = ["Density"]
 

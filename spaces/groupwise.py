@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mergesweep.errors import ConfigError
+from mergesweep.pool import PoolLayout
 from mergesweep.spaces._options import bounds, flag
 from mergesweep.spaces.base import GroupedSpace
 from mergesweep.spaces.layers import (
@@ -13,9 +15,6 @@ from mergesweep.spaces.layers import (
     group_pairs,
     parse_layers,
 )
-
-from mergesweep.errors import ConfigError
-from mergesweep.pool import PoolLayout
 
 __all__ = ["GroupWise"]
 

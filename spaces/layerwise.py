@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mergesweep.errors import ConfigError
+from mergesweep.pool import PoolLayout
 from mergesweep.spaces._options import bounds, choice
 from mergesweep.spaces.base import GroupedSpace
 from mergesweep.spaces.layers import (
@@ -12,9 +14,6 @@ from mergesweep.spaces.layers import (
     parse_layers,
     tensor_labels,
 )
-
-from mergesweep.errors import ConfigError
-from mergesweep.pool import PoolLayout
 
 __all__ = ["LayerWise"]
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mergesweep.spaces._options import bounds
-from mergesweep.spaces.base import Param, Space
-
 from mergesweep.plan import MergePlan
 from mergesweep.pool import PoolLayout
+from mergesweep.spaces._options import bounds
+from mergesweep.spaces.base import Param, Space
 
 __all__ = ["ModelWise"]
 
