@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,12 +61,26 @@ def weight_files(path: str | Path, *, key: str) -> list[Path]:
     raise MissingFileError(f"{key}: folder '{p}' holds no weights (*.safetensors or *.bin)")
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _torch_load(path: Path, *, trust_pickle: bool, key: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except Exception as exc:  # pickle refusals and corrupt files alike
-        hint = "" if trust_pickle else " (pickled objects need pool.trust_pickle: true)"
-        raise PoolError(f"{key}: cannot read '{path}': {exc}{hint}") from None
+    except pickle.UnpicklingError as exc:
+        if trust_pickle:
+            raise PoolError(f"{key}: cannot read '{path}': {_first_line(exc)}") from None
+        # torch's refusal is a page of advice with ANSI codes: keep the one line that matters.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise PoolError(
+            f"{key}: '{path}' holds pickled objects{what} that a weights-only load refuses; "
+            "set pool.trust_pickle: true only for a file you trust"
+        ) from None
+    except Exception as exc:  # corrupt or truncated files
+        raise PoolError(f"{key}: cannot read '{path}': {_first_line(exc)}") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
