@@ -11,9 +11,10 @@ from torch import nn
 
 from mergesweep.pool import ModelPool
 
-__all__ = ["Direction", "Objective"]
+__all__ = ["DIRECTIONS", "Direction", "Objective"]
 
 Direction = Literal["maximize", "minimize"]
+DIRECTIONS: tuple[Direction, ...] = ("maximize", "minimize")
 
 
 class Objective(ABC):
@@ -21,10 +22,12 @@ class Objective(ABC):
 
     Built from config on the driver (cheap: no data loaded, so ``metric`` and ``direction`` are
     known there) and set up on each worker with :meth:`setup`, which loads data once. The task
-    model evaluated is ``pool.model(task)`` unless the objective says otherwise.
+    model evaluated is ``pool.model(objective.head)``: ``head`` is the objective's own task
+    unless its config names another expert.
 
     Subclasses set ``kind``, ``metric`` and ``direction`` and take their options as keyword-only
-    constructor arguments after ``task`` (an unknown option is an error).
+    constructor arguments after ``task`` (an unknown option is an error). Objectives never change
+    torch's thread count (the runtime owns it).
     """
 
     kind: ClassVar[str]
@@ -33,6 +36,15 @@ class Objective(ABC):
 
     def __init__(self, task: str) -> None:
         self.task = task
+        self.head = task
+
+    def key(self, option: str) -> str:
+        """The config key path of one of this objective's options (for error messages)."""
+        return f"objectives.tasks.{self.task}.{option}"
+
+    def model(self, pool: ModelPool) -> nn.Module:
+        """The live model this objective evaluates: ``pool.model(self.head)``."""
+        return pool.model(self.head)
 
     def setup(self, pool: ModelPool, seed: int) -> None:  # noqa: B027
         """Load data and tokenizers once per worker; the default needs nothing."""
@@ -42,9 +54,13 @@ class Objective(ABC):
         """The metric of ``model`` on this task's fixed evaluation subset."""
 
     def batches(self, limit: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
-        """Model-input batches (no labels) from the task's data, for Fisher and AdaMerging."""
+        """Model-input batches (no labels) from the task's data, for Fisher and AdaMerging.
+
+        Args:
+            limit: at most this many batches (``None``: every batch of the evaluation subset).
+        """
         raise NotImplementedError(f"objective '{self.kind}' provides no input batches")
 
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits of ``model`` on one batch from :meth:`batches`."""
+        """Logits of ``model`` on one batch from :meth:`batches` (differentiable)."""
         raise NotImplementedError(f"objective '{self.kind}' provides no logits")
