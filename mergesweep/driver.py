@@ -123,6 +123,10 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
     if done >= budget:
         return _summary(setup, done, 0, 0.0, 0.0)
     executor = build_executor(setup.config, setup.layout)
+    if setup.searcher.drive(setup, executor, budget):  # searchers that run their own loop
+        executor.shutdown()
+        setup.searcher.finalize(setup)
+        return _summary(setup, complete_count(study), 0, 0.0, time.perf_counter() - start)
     retries: dict[int, int] = {}
     in_flight: dict[int, tuple[optuna.Trial, float]] = {}
     bar = _Progress(progress, budget, done, cfg.name)
@@ -161,6 +165,7 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
                 study.enqueue_trial(trial.params, user_attrs={"requeue_of": trial.number})
             study.tell(trial, state=TrialState.FAIL)
         executor.shutdown()
+    setup.searcher.finalize(setup)
     return _summary(setup, done, failed, overhead, time.perf_counter() - start)
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import optuna
 
 from mergesweep.spaces.base import Space
+
+if TYPE_CHECKING:
+    from mergesweep.runtime.base import Executor
+    from mergesweep.study import StudySetup
 
 __all__ = ["SearchContext", "Searcher", "distributions"]
 
@@ -57,6 +61,18 @@ class Searcher(ABC):
     def options(self) -> dict[str, Any]:
         """The searcher's settings, stored with the study and compared on resume."""
         return {}
+
+    def drive(self, setup: StudySetup, executor: Executor, budget: int) -> bool:
+        """Run the study with a loop of the searcher's own and return True.
+
+        For searchers that are more than a sampler (AdaMerging's gradient steps run on a worker
+        through ``executor.call``); they record their points as trials themselves. The default
+        returns False: the driver's asynchronous ask/tell loop runs.
+        """
+        return False
+
+    def finalize(self, setup: StudySetup) -> None:  # noqa: B027
+        """Called when a run of the study ends (MAP stores its predicted front here)."""
 
     def max_trials(self, space: Space) -> int | None:
         """An upper bound on distinct trials (a grid's size); ``None`` when unbounded."""

@@ -7,6 +7,7 @@ writes to the storage. A job carries the plan (a small array), never model tenso
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,14 @@ class Executor(ABC):
     @abstractmethod
     def wait_any(self, timeout: float | None = None) -> list[JobResult]:
         """Block until at least one job finishes (or ``timeout``) and return the finished ones."""
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(evaluator, *args)`` on one worker and return its (small) result.
+
+        For searchers that work on the resident pool directly (AdaMerging's gradient steps);
+        ``fn`` must be importable by name on the worker.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not run calls on workers")
 
     def load_info(self) -> dict[str, Any]:
         """Per-worker one-off costs (``load_s``), for the study's records."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mergesweep.pool import PoolLayout
@@ -29,6 +30,9 @@ class InlineExecutor(Executor):
     def wait_any(self, timeout: float | None = None) -> list[JobResult]:
         done, self._done = self._done, []
         return done
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(self.evaluator, *args)
 
     def load_info(self) -> dict[str, Any]:
         return {"inline": {"load_s": self.evaluator.load_s}}
