@@ -50,8 +50,19 @@ RECIPE: dict[str, Any] = {
         "num_attention_heads": 4,
         "intermediate_size": 128,
     },
-    "base": {"task": "rot90", "optimizer": "AdamW", "lr": 2e-3, "batch": 64, "steps": 1500},
-    "experts": {"optimizer": "AdamW", "lr": 5e-4, "batch": 64, "steps": 300},
+    "base": {
+        "task": "rot90",
+        "optimizer": "AdamW(fused, weight_decay=0.01)",
+        "lr": 2e-3,
+        "batch": 64,
+        "steps": 1500,
+    },
+    "experts": {
+        "optimizer": "AdamW(fused, weight_decay=0.01)",
+        "lr": 5e-4,
+        "batch": 64,
+        "steps": 300,
+    },
     "tasks": {
         "low": "digits 0-4 -> 0..4 (images of 0-4 only)",
         "high": "digits 5-9 -> 0..4 (images of 5-9 only)",
@@ -113,6 +124,10 @@ def _config(num_labels: int, names: list[str]):
     )
 
 
+def _opts(stage: dict[str, Any]) -> dict[str, Any]:
+    return {"lr": stage["lr"], "steps": stage["steps"], "batch": stage["batch"]}
+
+
 def _train(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -124,7 +139,11 @@ def _train(
     gen: torch.Generator,
     advance: Callable[[], None],
 ) -> None:
-    """AdamW on shuffled epochs of (x, y), ``steps`` minibatches of ``batch``."""
+    """AdamW on shuffled epochs of (x, y), ``steps`` minibatches of ``batch``.
+
+    The fused AdamW is ~5x cheaper per step than the default on CPU for this tiny model (and
+    its rounding is part of the recipe: the measured figures come from it).
+    """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=True)
     model.train()
     order = torch.empty(0, dtype=torch.long)
@@ -241,16 +260,7 @@ def _build(folder: Path, *, progress: bool) -> dict[str, Any]:
         torch.manual_seed(seed)
         base = ViTForImageClassification(_config(4, ["rot0", "rot90", "rot180", "rot270"]))
         gen = torch.Generator().manual_seed(seed)
-        _train(
-            base,
-            x_rot,
-            y_rot,
-            lr=base_r["lr"],
-            steps=base_r["steps"],
-            batch=base_r["batch"],
-            gen=gen,
-            advance=advance,
-        )
+        _train(base, x_rot, y_rot, **_opts(base_r), gen=gen, advance=advance)
         base.save_pretrained(str(folder / "base"))
         base_state = {n: t.detach().clone() for n, t in base.state_dict().items()}
         encoder = [n for n in base_state if not n.startswith("classifier.")]
@@ -274,16 +284,7 @@ def _build(folder: Path, *, progress: bool) -> dict[str, Any]:
             model.load_state_dict({n: base_state[n] for n in encoder}, strict=False)
             gen = torch.Generator().manual_seed(seed + 1 + i)
             x, y = data[task]["train"]
-            _train(
-                model,
-                x,
-                y,
-                lr=exp_r["lr"],
-                steps=exp_r["steps"],
-                batch=exp_r["batch"],
-                gen=gen,
-                advance=advance,
-            )
+            _train(model, x, y, **_opts(exp_r), gen=gen, advance=advance)
             model.save_pretrained(str(folder / "experts" / task))
             experts[task] = model
         timings["experts_seconds"] = round(time.perf_counter() - start, 1)
