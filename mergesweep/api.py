@@ -16,15 +16,15 @@ __all__ = ["fork", "load_config_dict", "resume", "run"]
 def load_config_dict(
     config: str | Path | dict[str, Any], overrides: list[str] | None = None
 ) -> dict[str, Any]:
-    """A validated config dict from a YAML path or a mapping, with overrides applied."""
+    """A validated config dict (defaults filled in, ``${zoo:...}`` kept) from a YAML path or a
+    mapping, with overrides applied: the form stored with the study."""
     if isinstance(config, dict):
         data, default = dict(config), "study"
     else:
         data, default = read_yaml(config), Path(config).stem
     data = apply_overrides(data, overrides or [])
     data.setdefault("name", default)
-    parse_config(data, default_name=default)  # validate early: one-line errors with key paths
-    return data
+    return parse_config(data, default_name=default).to_dict()
 
 
 def run(
@@ -52,7 +52,7 @@ def resume(
 ) -> SweepSummary:
     """Continue study ``name`` from the storage alone, after failing and re-queuing trials a
     dead driver left RUNNING. Only ``budget.*`` and ``executor.*`` may be overridden."""
-    config = apply_overrides(stored_config(name, storage), overrides or [])
+    config = load_config_dict(apply_overrides(stored_config(name, storage), overrides or []))
     setup = open_study(config, create=False)
     reconcile(setup.study)
     return run_sweep(setup, progress=progress)

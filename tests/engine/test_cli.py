@@ -94,7 +94,7 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(make_config, tmp_path)
     storage = open_storage(cfg["storage"])
     deadline = time.time() + 180
     done_before = 0
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
         try:
             study = optuna.load_study(study_name="t", storage=storage)
