@@ -50,7 +50,7 @@ def render_best(study: optuna.Study, limit: int = 10, title: str | None = None):
     table.add_column("trial", justify="right")
     for n in names:
         table.add_column(n, justify="right")
-    tasks = sorted({k for r in rows for k in r["metrics"]})
+    tasks = list(dict.fromkeys(k for r in rows for k in r["metrics"]))  # config order
     if not multi:
         for task in tasks:
             table.add_column(task, justify="right")
