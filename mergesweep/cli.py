@@ -21,6 +21,23 @@ __all__ = ["main"]
 _storage_opt = click.option(
     "--storage", default=DEFAULT_STORAGE, show_default=True, help="Optuna storage URL."
 )
+_ray_opt = click.option(
+    "--ray-address",
+    default=None,
+    metavar="HOST:PORT",
+    help="Join the Ray cluster at this address (sets executor.ray_address, and "
+    "executor.kind=ray unless overridden).",
+)
+
+
+def _ray_overrides(address: str | None, overrides: tuple[str, ...] | list[str]) -> list[str]:
+    """``--ray-address`` as config overrides (the address quoted: YAML must keep a string)."""
+    if not address:
+        return []
+    extra = [f"executor.ray_address={json.dumps(address)}"]
+    if not any(o.split("=", 1)[0].strip() == "executor.kind" for o in overrides):
+        extra.append("executor.kind=ray")
+    return extra
 
 
 def _quiet_libraries() -> None:
@@ -78,15 +95,26 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--storage", default=None, help="Storage URL (overrides the config's storage).")
+@_ray_opt
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def run(config: str, overrides: tuple[str, ...], storage: str | None, no_progress: bool) -> None:
+def run(
+    config: str,
+    overrides: tuple[str, ...],
+    storage: str | None,
+    ray_address: str | None,
+    no_progress: bool,
+) -> None:
     """Run the sweep CONFIG describes (continuing it if the study exists).
 
     OVERRIDES are key.sub=value pairs, e.g. budget.trials=50 searcher.name=gp.
     """
     from mergesweep.api import run as api_run
 
-    extra = [*overrides, *([f"storage={storage}"] if storage else [])]
+    extra = [
+        *overrides,
+        *([f"storage={storage}"] if storage else []),
+        *_ray_overrides(ray_address, overrides),
+    ]
     _print_summary(api_run(config, extra, progress=not no_progress))
 
 
@@ -94,12 +122,20 @@ def run(config: str, overrides: tuple[str, ...], storage: str | None, no_progres
 @click.argument("study")
 @_storage_opt
 @click.argument("overrides", nargs=-1)
+@_ray_opt
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def resume(study: str, storage: str, overrides: tuple[str, ...], no_progress: bool) -> None:
+def resume(
+    study: str,
+    storage: str,
+    overrides: tuple[str, ...],
+    ray_address: str | None,
+    no_progress: bool,
+) -> None:
     """Continue STUDY from the storage alone until its budget (budget.*/executor.* may change)."""
     from mergesweep.api import resume as api_resume
 
-    _print_summary(api_resume(study, storage, list(overrides), progress=not no_progress))
+    extra = [*overrides, *_ray_overrides(ray_address, overrides)]
+    _print_summary(api_resume(study, storage, extra, progress=not no_progress))
 
 
 @main.command()
@@ -107,12 +143,21 @@ def resume(study: str, storage: str, overrides: tuple[str, ...], no_progress: bo
 @click.option("--to", "to", required=True, help="Name of the new study.")
 @_storage_opt
 @click.argument("overrides", nargs=-1)
+@_ray_opt
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def fork(study: str, to: str, storage: str, overrides: tuple[str, ...], no_progress: bool) -> None:
+def fork(
+    study: str,
+    to: str,
+    storage: str,
+    overrides: tuple[str, ...],
+    ray_address: str | None,
+    no_progress: bool,
+) -> None:
     """Start study --to from STUDY's complete trials (another searcher, budget...) and run it."""
     from mergesweep.api import fork as api_fork
 
-    _print_summary(api_fork(study, to, storage, list(overrides), progress=not no_progress))
+    extra = [*overrides, *_ray_overrides(ray_address, overrides)]
+    _print_summary(api_fork(study, to, storage, extra, progress=not no_progress))
 
 
 @main.command()

@@ -108,7 +108,14 @@ class _Progress:
 
 
 def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
-    """Drive the study until it holds ``budget.trials`` complete trials of its own."""
+    """Drive the study until it holds ``budget.trials`` complete trials of its own.
+
+    Several drivers may share one study (e.g. on PostgreSQL): each counts the complete trials
+    in the storage, asks only while ``complete + its own in-flight < budget`` and finishes its
+    own in-flight trials. The study ends with ``budget`` complete trials plus the trials the
+    other drivers still had in flight when that count was reached: at most the sum of their
+    executors' capacities (two inline drivers: ``budget`` or ``budget + 1``).
+    """
     cfg, study = setup.cfg, setup.study
     budget = cfg.budget.trials
     cap = setup.searcher.max_trials(setup.space)
@@ -131,7 +138,12 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
     in_flight: dict[int, tuple[optuna.Trial, float]] = {}
     bar = _Progress(progress, budget, done, cfg.name)
     try:
-        while done < budget:
+        while True:
+            # Recounted from the storage: other drivers on the same study count toward the
+            # budget. Dispatch while complete + own in-flight < budget, then drain own trials.
+            done = complete_count(study)
+            if done >= budget and not in_flight:
+                break
             while len(in_flight) < executor.capacity and done + len(in_flight) < budget:
                 t0 = time.perf_counter()
                 trial = study.ask(dists)

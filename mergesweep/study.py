@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from mergesweep.config import ExperimentConfig, parse_config
@@ -117,6 +119,30 @@ def _check_match(name: str, old: dict[str, Any], new: dict[str, Any]) -> None:
         )
 
 
+def _create(storage: optuna.storages.BaseStorage, name: str, directions: list[str]) -> bool:
+    """Create the study; False when another driver created it first (a lost race)."""
+    try:
+        storage.create_new_study([StudyDirection[d.upper()] for d in directions], name)
+    except optuna.exceptions.DuplicatedStudyError:
+        return False
+    return True
+
+
+def _stored_record(
+    storage: optuna.storages.BaseStorage, name: str, url: str, wait_s: float
+) -> dict[str, Any]:
+    """The study's mergesweep record; waits a little when its creator has not written it yet."""
+    study_id = storage.get_study_id_from_name(name)
+    deadline = time.monotonic() + wait_s
+    while True:
+        record = storage.get_study_user_attrs(study_id).get(ATTR)
+        if record is not None:
+            return record
+        if time.monotonic() >= deadline:
+            raise StorageError(f"study '{name}' in '{url}' was not made by mergesweep")
+        time.sleep(0.2)
+
+
 def open_study(
     config: dict[str, Any],
     *,
@@ -149,10 +175,13 @@ def open_study(
         raise StorageError(f"study '{cfg.name}' already exists in '{cfg.storage}'")
     if not exists and not create:
         require_study(storage, cfg.name, cfg.storage)
+    created = not exists and _create(storage, cfg.name, directions)
+    lost_race = not exists and not created  # another driver created it just now
+    if lost_race and fresh_only:
+        raise StorageError(f"study '{cfg.name}' already exists in '{cfg.storage}'")
+    exists = not created
     if exists:
-        old = optuna.load_study(study_name=cfg.name, storage=storage).user_attrs.get(ATTR)
-        if old is None:
-            raise StorageError(f"study '{cfg.name}' in '{cfg.storage}' was not made by mergesweep")
+        old = _stored_record(storage, cfg.name, cfg.storage, wait_s=30.0 if lost_race else 0.0)
         _check_match(cfg.name, old, record)
     if prior is None and exists:
         prior = [
@@ -170,7 +199,7 @@ def open_study(
         sampler=searcher.sampler(ctx),
         load_if_exists=True,
     )
-    if not exists:
+    if created:
         study.set_user_attr(ATTR, record)
         study.set_metric_names(metric_names)
         for i, entry in enumerate(cfg.searcher.enqueue):

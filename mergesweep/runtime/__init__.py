@@ -24,6 +24,15 @@ def _inline(config: dict[str, Any], layout: PoolLayout) -> Executor:
 EXECUTORS.register("inline")(_inline)
 
 
+def _ray(config: dict[str, Any], layout: PoolLayout) -> Executor:
+    from mergesweep.runtime.ray_executor import RayExecutor
+
+    return RayExecutor(config, layout)
+
+
+EXECUTORS.register("ray")(_ray)
+
+
 def build_executor(config: dict[str, Any], layout: PoolLayout) -> Executor:
     """Start the executor the config's ``executor.kind`` names (imports its backend lazily)."""
     return EXECUTORS.get(config["executor"]["kind"])(config, layout)

@@ -1,0 +1,155 @@
+"""The Ray executor with real Ray (one local 2-CPU instance for the module) and real trials."""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+from rt_configs import with_callable
+
+from mergesweep.driver import run_sweep
+from mergesweep.errors import ConfigError
+from mergesweep.runtime import Job
+from mergesweep.runtime.ray_cluster import ExecutorError
+from mergesweep.runtime.ray_executor import RayExecutor
+from mergesweep.search import distributions
+from mergesweep.storage import open_storage
+from mergesweep.study import open_study
+
+pytestmark = pytest.mark.usefixtures("local_ray")
+
+
+def _trials(cfg: dict) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=cfg["name"], storage=open_storage(cfg["storage"]))
+    return study.get_trials(deepcopy=False)
+
+
+def test_two_workers_reach_the_budget_with_inline_results(make_config) -> None:
+    cfg = make_config(budget__trials=6)
+    summary = run_sweep(open_study(cfg), progress=False)
+    assert (summary.complete, summary.failed) == (6, 0)
+    trials = _trials(cfg)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both actors served trials
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 6
+    for t in trials:
+        timings = t.user_attrs["timings"]
+        assert {"load_s", "merge_s", "eval_s", "overhead_s"} <= set(timings)
+        assert timings["load_s"] > 0 and timings["eval_s"] > 0
+
+    inline = make_config(name="inline", budget__trials=1, executor={"kind": "inline"})
+    run_sweep(open_study(inline), progress=False)
+    (ref,) = _trials(inline)
+    (init,) = [t for t in trials if t.user_attrs.get("enqueued")]
+    assert init.params == ref.params
+    assert init.user_attrs["metrics"] == ref.user_attrs["metrics"]  # same numbers, bit for bit
+    assert init.values == ref.values
+    assert set(init.user_attrs) == set(ref.user_attrs)
+    assert ref.user_attrs["worker"] == "inline" and "@" in init.user_attrs["worker"]
+
+
+def test_dead_workers_fail_requeue_and_restart(make_config) -> None:
+    """Workers die (os._exit) on every third objective call; the sweep still completes."""
+    cfg = with_callable(
+        make_config(name="chaos", budget__trials=6, executor__max_retries=2), "die_every_third"
+    )
+    summary = run_sweep(open_study(cfg), progress=False)
+    trials = _trials(cfg)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert summary.complete == len(complete) == 6
+    assert len(trials) == len(complete) + len(failed)  # nothing left RUNNING or WAITING
+    assert len(failed) >= 2 and summary.failed == len(failed)
+    for t in complete:
+        assert set(t.user_attrs["metrics"]) == {"low", "high", "parity", "loop"}
+    recovered = 0
+    for t in failed:
+        assert t.user_attrs["fail_reason"].startswith("worker died: "), t.user_attrs
+        origin = t.user_attrs.get("requeue_of", t.number)
+        chain = [u for u in trials if u.user_attrs.get("requeue_of", u.number) == origin]
+        done = [u for u in chain if u.state == TrialState.COMPLETE]
+        # Every point that died was retried: it completed, or failed 1 + max_retries times.
+        assert len(done) == 1 or len(chain) == 3
+        assert all(u.params == t.params for u in chain)
+        recovered += len(done)
+    assert recovered >= 1
+    # Restarted actors are new processes that reloaded the pool.
+    assert len({t.user_attrs["worker"] for t in complete}) >= 3
+
+
+def test_trial_timeout_fails_the_trial_and_replaces_the_worker(make_config, runtime_dir) -> None:
+    cfg = with_callable(
+        make_config(
+            name="hang", budget__trials=3, executor__workers=1, executor__trial_timeout_s=4
+        ),
+        "hang_first",
+    )
+    start = time.monotonic()
+    summary = run_sweep(open_study(cfg), progress=False)
+    assert time.monotonic() - start < 120  # not the hour the hung call sleeps
+    trials = _trials(cfg)
+    assert summary.complete == 3
+    (failed,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed.user_attrs["fail_reason"] == "timeout after 4 s"
+    assert "requeued" not in failed.user_attrs  # the trial's fault, not the worker's
+    hung_pid = int((runtime_dir / "hang-0").read_text())
+    with pytest.raises(ProcessLookupError):  # the hung worker was killed
+        for _ in range(50):
+            os.kill(hung_pid, 0)
+            time.sleep(0.1)
+    assert all(str(hung_pid) not in t.user_attrs.get("worker", "") for t in trials)
+
+
+def test_a_worker_that_cannot_load_the_pool_stops_the_sweep(make_config) -> None:
+    """The pool's path exists for the driver but not where the worker runs."""
+    setup = open_study(make_config(name="badpath"))
+    setup.config = copy.deepcopy(setup.config)
+    setup.config["pool"]["base"] = "/nonexistent/node-local/base"
+    with pytest.raises(ExecutorError, match=r"^pool: worker .* cannot load the pool: .*"):
+        run_sweep(setup, progress=False)
+    trials = _trials(setup.config)
+    # Nothing ran, nothing is left RUNNING; the enqueued start point still waits.
+    assert [t.state for t in trials] == [TrialState.WAITING]
+
+
+def test_more_gpus_than_the_cluster_has_is_a_config_error(make_config) -> None:
+    setup = open_study(make_config(name="gpus", executor__num_gpus=1))
+    start = time.monotonic()
+    with pytest.raises(
+        ConfigError,
+        match=r"^executor\.num_gpus: 2 worker\(s\) × 1 GPU need 2 GPU\(s\).* has 0 GPU\(s\)",
+    ):
+        run_sweep(setup, progress=False)
+    assert time.monotonic() - start < 10
+    assert [t.state for t in _trials(setup.config)] == [TrialState.WAITING]
+
+
+def test_worker_memory_stays_flat(make_config) -> None:
+    """200 trials on one resident worker: RSS within 5% of its value after the first."""
+    setup = open_study(make_config(name="rss", executor__workers=1))
+    dists = distributions(setup.space)
+    rng = np.random.default_rng(0)
+    executor = RayExecutor(setup.config, setup.layout)
+    try:
+
+        def one(number: int) -> None:
+            point = {k: float(rng.uniform(d.low, d.high)) for k, d in dists.items()}
+            executor.submit(Job(number, setup.space.to_plan(point)))
+            (result,) = executor.wait_any()
+            assert result.ok and result.number == number, result.error
+
+        one(0)
+        (first,) = executor.worker_stats()
+        for n in range(1, 200):
+            one(n)
+        (last,) = executor.worker_stats()
+    finally:
+        executor.shutdown()
+    assert (first["trials"], last["trials"]) == (1, 200)
+    assert first["worker"] == last["worker"]  # the same process throughout
+    assert last["rss_mb"] <= first["rss_mb"] * 1.05, (first, last)
