@@ -17,11 +17,19 @@ import optuna
 from optuna.trial import TrialState
 
 from mergesweep.errors import MergesweepError
-from mergesweep.runtime import Job, JobResult, build_executor
+from mergesweep.pareto import HypervolumeTracker
+from mergesweep.runtime import Executor, Job, JobResult, build_executor
 from mergesweep.search import distributions
 from mergesweep.study import StudySetup
 
-__all__ = ["SweepError", "SweepSummary", "complete_count", "run_sweep", "study_values"]
+__all__ = [
+    "SweepError",
+    "SweepSummary",
+    "complete_count",
+    "evaluate_points",
+    "run_sweep",
+    "study_values",
+]
 
 
 class SweepError(MergesweepError, RuntimeError):
@@ -41,15 +49,25 @@ class SweepSummary:
     wall_s: float = 0.0
 
 
-def study_values(setup: StudySetup, metrics: dict[str, float]) -> list[float]:
-    """Per-task metrics → the study's values (one aggregate, or one per task for pareto)."""
+def study_values(
+    setup: StudySetup, metrics: dict[str, float], params: dict[str, float] | None = None
+) -> list[float]:
+    """Per-task metrics → the study's values (one aggregate, or one per task for pareto).
+
+    With the trial's ``params``, the searcher's :meth:`~mergesweep.search.Searcher.transform_values`
+    applies (Evo-Merging adds its penalty on the point there).
+    """
     from mergesweep.objectives.aggregate import aggregate
 
     mode = setup.cfg.objectives.mode
     if mode == "pareto":
-        return [metrics[t] for t in setup.objectives]
-    dirs = {t: o.direction for t, o in setup.objectives.items()}
-    return [aggregate(metrics, dirs, mode, setup.cfg.objectives.weights or None)]
+        values = [metrics[t] for t in setup.objectives]
+    else:
+        dirs = {t: o.direction for t, o in setup.objectives.items()}
+        values = [aggregate(metrics, dirs, mode, setup.cfg.objectives.weights or None)]
+    if params is not None:
+        values = setup.searcher.transform_values(values, params)
+    return values
 
 
 def complete_count(study: optuna.Study) -> int:
@@ -136,6 +154,7 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
         return _summary(setup, complete_count(study), 0, 0.0, time.perf_counter() - start)
     retries: dict[int, int] = {}
     in_flight: dict[int, tuple[optuna.Trial, float]] = {}
+    hv = HypervolumeTracker.start(setup, executor)  # None unless several objectives
     bar = _Progress(progress, budget, done, cfg.name)
     try:
         while True:
@@ -156,7 +175,7 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
                 trial, ask_s = in_flight.pop(result.number)
                 result.timings["overhead_s"] = ask_s
                 t0 = time.perf_counter()
-                if _finish(setup, trial, result, retries, cfg.executor.max_retries):
+                if _finish(setup, trial, result, retries, cfg.executor.max_retries, hv):
                     done += 1
                 else:
                     failed += 1
@@ -182,16 +201,23 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
 
 
 def _finish(
-    setup: StudySetup, trial: optuna.Trial, result: JobResult, retries: dict[int, int], cap: int
+    setup: StudySetup,
+    trial: optuna.Trial,
+    result: JobResult,
+    retries: dict[int, int],
+    cap: int,
+    hv: HypervolumeTracker | None = None,
 ) -> bool:
     """Record one result; return True when the trial is COMPLETE."""
     timings = dict(result.timings)
     if result.ok:
-        values = study_values(setup, result.metrics)
+        values = study_values(setup, result.metrics, trial.params)
         if all(math.isfinite(v) for v in values):
             trial.set_user_attr("metrics", result.metrics)
             trial.set_user_attr("timings", timings)
             trial.set_user_attr("worker", result.worker)
+            if hv is not None:
+                trial.set_user_attr("hypervolume", hv.add(values))
             setup.study.tell(trial, values)
             return True
         result.error = f"non-finite study value {values}"
@@ -204,6 +230,62 @@ def _finish(
             setup.study.enqueue_trial(trial.params, user_attrs={"requeue_of": origin})
     setup.study.tell(trial, state=TrialState.FAIL)
     return False
+
+
+def evaluate_points(
+    setup: StudySetup,
+    executor: Executor,
+    points: list[dict[str, float]],
+    *,
+    user_attrs: dict[str, Any] | None = None,
+) -> list[optuna.trial.FrozenTrial]:
+    """Evaluate ``points`` as trials of the study, keeping the executor full; for searchers
+    with a loop of their own (``drive``) and for evaluating a picked point.
+
+    Each point is enqueued (with ``user_attrs``) and run like a driver trial: same records,
+    same hypervolume, worker deaths re-queued (capped). Returns the complete trials, in the
+    order of ``points`` (a point whose trial failed is left out).
+    """
+    dists = distributions(setup.space)
+    hv = HypervolumeTracker.start(setup, executor)
+    cap = setup.cfg.executor.max_retries
+    retries: dict[int, int] = {}
+    tag = uuid.uuid4().hex[:8]
+    for i, point in enumerate(points):
+        attrs = {**(user_attrs or {}), "batch": f"{tag}:{i}"}
+        setup.study.enqueue_trial(setup.space.check(point), user_attrs=attrs)
+    # Every waiting trial is asked (FIFO), ours and any left by an earlier run.
+    pending = len(setup.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    in_flight: dict[int, optuna.Trial] = {}
+    index: dict[int, int | None] = {}  # trial number -> its point's index (None: not ours)
+    done: dict[int, int] = {}  # point index -> complete trial number
+    while pending or in_flight:
+        while pending and len(in_flight) < executor.capacity:
+            trial = setup.study.ask(dists)
+            pending -= 1
+            batch = str(trial.user_attrs.get("batch", ""))
+            origin = trial.user_attrs.get("requeue_of")
+            ours = batch.startswith(f"{tag}:")
+            index[trial.number] = int(batch.split(":")[1]) if ours else index.get(origin)
+            plan = setup.space.to_plan(trial.params)
+            trial.set_user_attr("plan", plan.summary(setup.layout.experts))
+            in_flight[trial.number] = trial
+            executor.submit(Job(trial.number, plan))
+        for result in executor.wait_any():
+            trial = in_flight.pop(result.number)
+            result.timings.setdefault("overhead_s", 0.0)
+            if _finish(setup, trial, result, retries, cap, hv):
+                if index[trial.number] is not None:
+                    done[index[trial.number]] = trial.number
+            elif trial.user_attrs.get("requeued"):
+                pending += 1
+    numbers = {done[i] for i in done}
+    by_number = {
+        t.number: t
+        for t in setup.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.number in numbers
+    }
+    return [by_number[done[i]] for i in sorted(done)]
 
 
 def _summary(

@@ -287,7 +287,7 @@ def fork_study(name: str, url: str, to: str, overrides: list[str]) -> dict[str, 
             optuna.trial.create_trial(
                 params=t.params,
                 distributions=dists,
-                values=study_values(setup, metrics),
+                values=study_values(setup, metrics, t.params),
                 user_attrs=attrs,
             )
         )

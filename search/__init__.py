@@ -7,6 +7,9 @@ from typing import Any
 from mergesweep.errors import ConfigError
 from mergesweep.registry import Registry
 from mergesweep.search.base import SearchContext, Searcher, distributions
+from mergesweep.search.evo_merging import EvoMerging
+from mergesweep.search.map import MAP, MAPBayesian
+from mergesweep.search.map_nested import NestedMAP
 from mergesweep.search.samplers import GP, NSGA2, TPE, CmaEs, Grid, Random
 
 __all__ = ["SEARCHERS", "SearchContext", "Searcher", "build_searcher", "distributions"]
@@ -18,6 +21,10 @@ SEARCHERS.register("cmaes")(CmaEs)
 SEARCHERS.register("random")(Random)
 SEARCHERS.register("grid")(Grid)
 SEARCHERS.register("nsga2")(NSGA2)
+SEARCHERS.register("map")(MAP)
+SEARCHERS.register("map_bayesian")(MAPBayesian)
+SEARCHERS.register("map_nested")(NestedMAP)
+SEARCHERS.register("evo_merging")(EvoMerging)
 
 
 def build_searcher(name: str, options: dict[str, Any] | None = None) -> Searcher:

@@ -74,6 +74,14 @@ class Searcher(ABC):
     def finalize(self, setup: StudySetup) -> None:  # noqa: B027
         """Called when a run of the study ends (MAP stores its predicted front here)."""
 
+    def transform_values(self, values: list[float], params: dict[str, float]) -> list[float]:
+        """The study values of a trial at ``params`` from its aggregated metrics.
+
+        The driver applies this to every result; the default keeps the values. Evo-Merging adds
+        its penalty on the point (0.05·mean|x|) here.
+        """
+        return values
+
     def max_trials(self, space: Space) -> int | None:
         """An upper bound on distinct trials (a grid's size); ``None`` when unbounded."""
         return None
