@@ -165,21 +165,45 @@ def fork(
 @_storage_opt
 @click.option("--limit", default=10, show_default=True, help="Rows for single-objective studies.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
-def show(study: str, storage: str, limit: int, as_json: bool) -> None:
-    """The best trials of STUDY (or its Pareto front) with per-task metrics."""
+@click.option(
+    "--prefer",
+    default=None,
+    metavar="TASK=W,...",
+    help="Pick the point maximising the weighted sum of normalised task scores, from MAP's "
+    "predicted front if stored, else the evaluated front (e.g. topic=2,langid=1).",
+)
+@click.option("--evaluate", is_flag=True, help="With --prefer: evaluate the pick as a new trial.")
+def show(
+    study: str, storage: str, limit: int, as_json: bool, prefer: str | None, evaluate: bool
+) -> None:
+    """The best trials of STUDY (or its Pareto front) with per-task metrics, its hypervolume
+    and MAP's predicted front when stored."""
     import optuna
     from rich.console import Console
 
+    from mergesweep.fronts import evaluate_pick, pick, render_fronts
     from mergesweep.report import best_trials, render_best
     from mergesweep.storage import open_storage, require_study
 
     st = open_storage(storage)
     require_study(st, study, storage)
     s = optuna.load_study(study_name=study, storage=st)
+    chosen = pick(s, prefer) if prefer else None
+    if chosen is not None and evaluate:
+        chosen["evaluated"] = evaluate_pick(study, storage, chosen["params"])
     if as_json:
-        click.echo(json.dumps(best_trials(s, limit), indent=2))
-    else:
-        Console().print(render_best(s, limit))
+        click.echo(json.dumps(chosen if prefer else best_trials(s, limit), indent=2))
+        return
+    console = Console()
+    console.print(render_best(s, limit))
+    for item in render_fronts(s, limit):
+        console.print(item)
+    if chosen is not None:
+        console.print(f"pick for {prefer} ({chosen['source']} front): {chosen['params']}")
+        console.print(f"  scores: {chosen['scores']}")
+        if "evaluated" in chosen:
+            ev = chosen["evaluated"]
+            console.print(f"  evaluated as trial {ev['trial']}: {ev['metrics']}")
 
 
 @main.command("list")

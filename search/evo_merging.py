@@ -200,13 +200,14 @@ class EvoSampler(optuna.samplers.BaseSampler):
 
         bounds = np.array([[p.low, p.high] for p in names])
         seed = zlib.crc32(f"{self.seed}:{stage}:{number}".encode()) % (2**31 - 1)
-        cma = cmaes.CMA(
-            mean=np.asarray(x0, dtype=np.float64),
-            sigma=self.evo.sigma0,
-            bounds=bounds,
-            seed=seed,
-            population_size=self.evo.popsize,
-        )
+        with np.errstate(divide="ignore"):  # tiny populations make cmaes divide by zero
+            cma = cmaes.CMA(
+                mean=np.asarray(x0, dtype=np.float64),
+                sigma=self.evo.sigma0,
+                bounds=bounds,
+                seed=seed,
+                population_size=self.evo.popsize,
+            )
         by_gen: dict[int, list[optuna.trial.FrozenTrial]] = {}
         for t in trials:
             tag = t.system_attrs.get(GEN_ATTR)

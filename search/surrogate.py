@@ -92,7 +92,7 @@ class Quadratic:
 def fit_quadratic(u: np.ndarray, y: np.ndarray, link: str) -> Quadratic:
     """Least-squares fit of a quadratic through ``link`` to scores ``y`` at points ``u``.
 
-    Starts from the (ridge-regularised) linear fit on the link's inverse of the scores, then
+    Starts from the linear least-squares fit on the link's inverse of the scores, then
     refines on the scores themselves with ``curve_fit`` (Levenberg–Marquardt when there are at
     least as many points as coefficients, else trust-region).
     """
@@ -102,7 +102,7 @@ def fit_quadratic(u: np.ndarray, y: np.ndarray, link: str) -> Quadratic:
     y = np.asarray(y, dtype=np.float64)
     z = _inverse_link(y, link)
     p = x.shape[1]
-    w0 = np.linalg.solve(x.T @ x + 1e-6 * np.eye(p), x.T @ z)
+    w0 = np.linalg.lstsq(x, z, rcond=None)[0]  # minimum-norm when under-determined
     if link == "identity":
         return Quadratic(w0, link)
 
