@@ -5,6 +5,7 @@ from __future__ import annotations
 from mergesweep.errors import ConfigError
 from mergesweep.merge.base import MergeMethod, PrepareContext
 from mergesweep.merge.dare import DareLinear, DareTies
+from mergesweep.merge.dfmerge import DFMerge
 from mergesweep.merge.fisher import Fisher
 from mergesweep.merge.linear import TaskArithmetic
 from mergesweep.merge.lines import Lines
@@ -23,6 +24,7 @@ METHODS.register("dare_ties")(DareTies)
 METHODS.register("fisher")(Fisher)
 METHODS.register("magnitude")(Magnitude)
 METHODS.register("lines")(Lines)
+METHODS.register("dfmerge")(DFMerge)
 
 
 def build_method(name: str, options: dict | None = None) -> MergeMethod:
