@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import optuna
@@ -30,6 +31,26 @@ def _prepare_sqlite(url: str) -> None:
         raise StorageError(f"storage: cannot open '{url}': {exc}") from None
 
 
+def _creation_race(exc: Exception) -> bool:
+    """Two processes creating the same empty database's tables at once (PostgreSQL)."""
+    from sqlalchemy import exc as sa_exc
+
+    return isinstance(exc, sa_exc.IntegrityError) or (
+        isinstance(exc, sa_exc.ProgrammingError) and "already exists" in str(exc)
+    )
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with the installed DB-API: SQLAlchemy 2.1 defaults to psycopg 3, while
+    mergesweep's ``postgres`` extra installs psycopg2."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+            return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
 def open_storage(url: str = DEFAULT_STORAGE) -> optuna.storages.RDBStorage:
     """Open (creating tables if needed) the storage at ``url``; one-line error if impossible."""
     engine_kwargs: dict = {}
@@ -38,11 +59,16 @@ def open_storage(url: str = DEFAULT_STORAGE) -> optuna.storages.RDBStorage:
         engine_kwargs = {"connect_args": {"timeout": 30}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StorageError(f"storage: cannot open '{url}': {first}") from None
+    for attempt in range(5):
+        try:
+            storage = optuna.storages.RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs)
+            break
+        except Exception as exc:
+            if attempt < 4 and _creation_race(exc):  # another driver is creating the tables
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StorageError(f"storage: cannot open '{url}': {first}") from None
     if url.startswith("sqlite:"):
         _fast_commits(storage)
     return storage
