@@ -227,6 +227,34 @@ def list_cmd(storage: str) -> None:
     Console().print(table)
 
 
+@main.command("export")
+@click.argument("study")
+@click.option("--trial", "trial", type=int, required=True, help="Trial number (see `show`).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder.")
+@_storage_opt
+@click.option("--check/--no-check", default=True, show_default=True, help="Reload and re-score.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out folder.")
+def export_cmd(study: str, trial: int, out: str, storage: str, check: bool, force: bool) -> None:
+    """Write trial N of STUDY as Hugging Face model folder(s) in OUT, plus mergekit.yaml where
+    mergekit can express the merge (else MERGEKIT.md says why)."""
+    from mergesweep.export import export_trial
+
+    r = export_trial(study, trial, out, storage=storage, check=check, overwrite=force)
+    where = {str(p) for p in r.folders.values()}
+    click.echo(
+        f"wrote {'one model' if r.layout == 'single' else 'one model per task'}: "
+        f"{', '.join(sorted(where))}"
+    )
+    for task, value in r.exported_metrics.items():
+        click.echo(
+            f"  {task}: exported {value:.6g} (trial {r.trial_metrics.get(task, float('nan')):.6g})"
+        )
+    if r.mergekit is not None:
+        click.echo(f"mergekit config: {r.mergekit}")
+    else:
+        click.echo(f"no mergekit config: {r.mergekit_note}")
+
+
 @main.group()
 def zoo() -> None:
     """Embedded model pools for demos, tests and benchmarks."""

@@ -4,6 +4,8 @@ Kinds:
     accuracy, cross_entropy: labelled metrics on a ``datasets`` split (:mod:`.classification`).
     entropy: mean prediction entropy on unlabelled inputs (AdaMerging's objective).
     callable: a user function ``"package.module:function"`` (:mod:`.callable`).
+    lmeval: an lm-eval task metric of the live model through an in-memory ``HFLM``
+        (:mod:`.lmeval`; needs the ``lm`` extra).
 
 Example:
     >>> from mergesweep.objectives import build_objective
@@ -23,6 +25,7 @@ from mergesweep.objectives.base import DIRECTIONS, Direction, Objective
 from mergesweep.objectives.callable import CallableObjective
 from mergesweep.objectives.classification import Accuracy, CrossEntropy, Entropy
 from mergesweep.objectives.data import DataObjective
+from mergesweep.objectives.lmeval import LmEvalObjective
 from mergesweep.registry import Registry
 
 __all__ = [
@@ -42,6 +45,7 @@ OBJECTIVES.register("accuracy")(Accuracy)
 OBJECTIVES.register("cross_entropy")(CrossEntropy)
 OBJECTIVES.register("entropy")(Entropy)
 OBJECTIVES.register("callable")(CallableObjective)
+OBJECTIVES.register("lmeval")(LmEvalObjective)
 
 
 def objective_options(cls: type[Objective]) -> dict[str, inspect.Parameter]:

@@ -62,9 +62,11 @@ ZOOS: Registry[ZooBuilder] = Registry("zoo", key="zoo")
 
 
 def _register_builtins() -> None:
-    from mergesweep.zoo import digits
+    from mergesweep.zoo import digits, lm, text
 
     ZOOS.register("digits")(ZooBuilder("digits", digits.RECIPE, digits.build))
+    ZOOS.register("text")(ZooBuilder("text", text.RECIPE, text.build))
+    ZOOS.register("lm")(ZooBuilder("lm", lm.RECIPE, lm.build))
 
 
 _register_builtins()
