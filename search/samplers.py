@@ -118,13 +118,21 @@ class Grid(Searcher):
         return grid
 
     def sampler(self, ctx: SearchContext) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.GridSampler(self.grid(ctx.space), seed=ctx.seed)
+        return _GridSampler(self.grid(ctx.space), seed=ctx.seed)
 
     def max_trials(self, space: Space) -> int | None:
         return int(np.prod([len(v) for v in self.grid(space).values()]))
 
     def options(self) -> dict[str, Any]:
         return {"points": self.points, "values": self.values}
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler minus its ``study.stop()`` after the last point, which raises
+    outside ``study.optimize``; the driver stops at the grid's size (``max_trials``)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
 
 
 class NSGA2(Searcher):
