@@ -18,6 +18,7 @@ from mergesweep.merge.topk import (
     MagnitudeTable,
     check_density,
     exact_thresholds,
+    keep_bounds,
     masked_linear_range,
     require_prepared,
     work_dtype,
@@ -64,7 +65,7 @@ class Magnitude(MergeMethod):
         rows, offs = plan.coefficients, pool.layout.offsets
         wd = work_dtype(pool.live)
         lam = torch.as_tensor(rows, dtype=wd, device=pool.live.device)
-        thr_t = torch.as_tensor(thr, dtype=wd, device=pool.live.device)
+        bounds = keep_bounds(thr)
         # Tensors that keep everything (threshold 0) run as plain task arithmetic, in runs of
         # equal coefficients; a masked tensor gets a tag of its own, so it is a run of one.
         keep_all = np.all(thr <= 0.0, axis=1)
@@ -74,7 +75,7 @@ class Magnitude(MergeMethod):
             if keep_all[a]:
                 linear_range(live, base, tau, rows[a], offs[a], offs[b])
             else:
-                masked_linear_range(live, base, tau, lam[a], thr_t[a], offs[a], offs[b], scratch)
+                masked_linear_range(live, base, tau, lam[a], bounds[a], offs[a], offs[b], scratch)
 
     def functional(self, pool: ModelPool, coefficients: torch.Tensor) -> dict[str, torch.Tensor]:
         """Differentiable merge at the option's density (the masks are constants)."""

@@ -18,10 +18,11 @@ from mergesweep.merge.linear import check_plan
 from mergesweep.merge.topk import (
     MASK_CHUNK,
     MagnitudeTable,
-    abs_into,
     check_density,
     exact_thresholds,
+    keep_bounds,
     require_prepared,
+    trim_rows,
     work_dtype,
 )
 from mergesweep.plan import MergePlan
@@ -35,7 +36,7 @@ def ties_range(
     base: torch.Tensor,
     tau: torch.Tensor,
     lam: torch.Tensor,
-    thr: torch.Tensor,
+    bounds: list[float],
     lo: int,
     hi: int,
     scratch: Scratch,
@@ -46,34 +47,35 @@ def ties_range(
     """TIES of ``tau[:, lo:hi]`` into ``out[lo:hi]`` with chunk-sized scratch only.
 
     Args:
-        lam, thr: ``(N,)`` coefficients and trim thresholds (``|τₖ| ≥ thr[k]`` is kept), in the
-            work dtype.
+        lam: ``(N,)`` coefficients in the work dtype.
+        bounds: per expert, entries with ``|τₖ| > bounds[k]`` survive the trim
+            (:func:`~mergesweep.merge.topk.keep_bounds`).
         mean: disjoint mean (``True``) or sum of the agreeing entries.
     """
     N = tau.shape[0]
-    lam_col, thr_col = lam.view(N, 1), thr.view(N, 1)
+    # vₖ = λₖτ̂ₖ = |λₖ|·(±τ̂ₖ): flipping the rows of negative λₖ once leaves only |λ| to apply,
+    # and |λ| ≥ 0 commutes with the clamp below, so every weighted sum is one mv with |λ|.
+    flip = [k for k in range(N) if lam[k] < 0]
+    mag = lam.abs()
+    used = (mag > 0).to(lam.dtype)
     if out.is_cuda:
         chunk = max(hi - lo, 1)
     for s in range(lo, hi, chunk):
         e = min(s + chunk, hi)
-        t = tau[:, s:e]
         x = scratch.get("x", (N, e - s), out, lam.dtype)
-        m = scratch.get("mask", (N, e - s), out, torch.bool)
         sign = scratch.get("sign", (e - s,), out, lam.dtype)
         num = scratch.get("num", (e - s,), out, lam.dtype)
-        abs_into(x, t)
-        torch.ge(x, thr_col, out=m)
-        torch.mul(t, m, out=x)
-        x.mul_(lam_col)  # vₖ = λₖ τ̂ₖ
-        torch.sum(x, 0, out=sign)
-        sign.sign_()  # γ
+        trim_rows(x, tau[:, s:e], bounds)
+        for k in flip:
+            x[k].neg_()
+        torch.mv(x.T, mag, out=sign)
+        sign.sign_()  # γ = sgn(Σₖ vₖ)
         # vₖ·γ is |vₖ| where vₖ agrees with γ and ≤ 0 elsewhere: clamping keeps the agreeing.
         x.mul_(sign).clamp_(min=0)
-        torch.sum(x, 0, out=num)
+        torch.mv(x.T, mag, out=num)
         if mean:
             count = scratch.get("count", (e - s,), out, lam.dtype)
-            torch.gt(x, 0, out=m)
-            torch.sum(m, 0, out=count)
+            torch.mv(x.sign_().T, used, out=count)  # agreeing entries of experts with λₖ ≠ 0
             num.div_(count.clamp_(min=1))
         num.mul_(sign)
         torch.add(base[s:e], num, out=out[s:e])
@@ -119,10 +121,10 @@ class Ties(MergeMethod):
 
     def apply(self, pool: ModelPool, plan: MergePlan) -> None:
         check_plan(pool, plan)
-        thr = self.thresholds(pool, plan)
-        wd = work_dtype(pool.live)
-        lam = torch.as_tensor(plan.coefficients, dtype=wd, device=pool.live.device)
-        thr_t = torch.as_tensor(thr, dtype=wd, device=pool.live.device)
+        bounds = keep_bounds(self.thresholds(pool, plan))
+        lam = torch.as_tensor(
+            plan.coefficients, dtype=work_dtype(pool.live), device=pool.live.device
+        )
         offs = pool.layout.offsets
         for i in range(pool.layout.num_tensors):
             ties_range(
@@ -130,7 +132,7 @@ class Ties(MergeMethod):
                 pool.base,
                 pool.tau,
                 lam[i],
-                thr_t[i],
+                bounds[i],
                 offs[i],
                 offs[i + 1],
                 self._scratch,

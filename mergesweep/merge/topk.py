@@ -30,21 +30,22 @@ __all__ = [
     "SAMPLE",
     "TABLE_POINTS",
     "MagnitudeTable",
-    "abs_into",
     "accumulate",
     "check_density",
     "exact_thresholds",
+    "keep_bounds",
     "masked_linear_range",
     "require_prepared",
+    "trim_rows",
     "work_dtype",
 ]
 
 TABLE_POINTS = 1024
 EXACT_MAX = 4096
 SAMPLE = 1 << 16
-# Elements per expert row per step: N rows of value, mask and magnitude scratch stay in cache,
-# so the second read of a τ chunk (after its magnitudes) does not go to memory again.
-MASK_CHUNK = 1 << 14
+# Elements per expert row per step: the (N, chunk) scratch stays in cache between the passes
+# over it (trim, scale, reduce), so τ is read from memory once.
+MASK_CHUNK = 1 << 16
 
 
 def exact_thresholds(pool: ModelPool, density: float) -> np.ndarray:
@@ -116,12 +117,29 @@ def work_dtype(out: torch.Tensor) -> torch.dtype:
     return torch.promote_types(out.dtype, torch.float32)
 
 
-def abs_into(x: torch.Tensor, t: torch.Tensor) -> None:
-    """``x = |t|`` where ``x`` may be wider than ``t`` (``abs`` refuses a wider ``out``)."""
-    if x.dtype == t.dtype:
-        torch.abs(t, out=x)
-    else:
-        x.copy_(t).abs_()
+def keep_bounds(thresholds: np.ndarray) -> list[list[float]]:
+    """Per (tensor, expert) the largest float32 below each threshold, as Python floats.
+
+    ``hardshrink(t, lambd)`` keeps ``|t| > lambd``; with ``lambd`` one float32 step below
+    ``thr`` that is exactly ``|t| ≥ thr`` for float32 values (``thr = 0``: a negative step, so
+    every entry is kept; ``thr = inf``: nothing is).
+    """
+    thr = np.asarray(thresholds, dtype=np.float32)
+    return np.nextafter(thr, np.float32(-np.inf)).astype(np.float64).tolist()
+
+
+def trim_rows(x: torch.Tensor, t: torch.Tensor, bounds: list[float]) -> None:
+    """``x[k] = t[k]·[|t[k]| > bounds[k]]`` for an ``(N, c)`` chunk, one pass per row.
+
+    Bool masks are avoided on purpose: comparisons writing ``bool`` and arithmetic mixing bool
+    and float are an order of magnitude slower on CPU than ``hardshrink`` (measured 170 µs vs
+    20 µs for 8 × 16K entries), which does the compare and the select in one float pass.
+    """
+    src = t
+    if x.dtype != t.dtype:  # bf16/fp16 task vectors: widen the chunk, then trim in place
+        src = x.copy_(t)
+    for k, bound in enumerate(bounds):
+        torch.hardshrink(src[k], bound, out=x[k])
 
 
 def accumulate(
@@ -147,29 +165,25 @@ def masked_linear_range(
     base: torch.Tensor,
     tau: torch.Tensor,
     lam: torch.Tensor,
-    thr: torch.Tensor,
+    bounds: list[float],
     lo: int,
     hi: int,
     scratch: Scratch,
     chunk: int = MASK_CHUNK,
 ) -> None:
-    """``out[lo:hi] = base + Σₖ lam[k]·τₖ·[|τₖ| ≥ thr[k]]`` with chunk-sized scratch only.
+    """``out[lo:hi] = base + Σₖ lam[k]·τₖ·[|τₖ| > bounds[k]]`` with chunk-sized scratch only.
 
     Args:
-        lam, thr: ``(N,)`` coefficients and magnitude thresholds in the work dtype.
+        lam: ``(N,)`` coefficients in the work dtype.
+        bounds: per expert, from :func:`keep_bounds`.
     """
     N = tau.shape[0]
-    thr_col = thr.view(N, 1)
     if out.is_cuda:  # the GPU wants few large kernels; its memory holds a tensor-sized scratch
         chunk = max(hi - lo, 1)
     for s in range(lo, hi, chunk):
         e = min(s + chunk, hi)
-        t = tau[:, s:e]
         x = scratch.get("x", (N, e - s), out, lam.dtype)
-        m = scratch.get("mask", (N, e - s), out, torch.bool)
-        abs_into(x, t)
-        torch.ge(x, thr_col, out=m)
-        torch.mul(t, m, out=x)
+        trim_rows(x, tau[:, s:e], bounds)
         accumulate(out, base, x, lam, s, e, scratch)
 
 
