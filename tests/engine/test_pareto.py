@@ -102,3 +102,39 @@ def test_hypervolume_is_order_free() -> None:
         for p in itertools.islice(itertools.permutations(range(6)), 20)
     }
     assert len(hv) == 1
+
+
+def test_nsga2_and_a_full_grid_on_a_pareto_study(make_config) -> None:
+    import optuna
+
+    import mergesweep
+    from mergesweep.fronts import evaluated_front
+    from mergesweep.pareto import PARETO_ATTR, study_hypervolume
+    from mergesweep.storage import open_storage
+
+    tasks = {
+        t: {"kind": "accuracy", "data": spec["data"], "samples": 50}
+        for t, spec in make_config()["objectives"]["tasks"].items()
+        if t in ("low", "high")
+    }
+    base = make_config(objectives={"mode": "pareto", "tasks": tasks})
+    base["pool"]["experts"] = {t: base["pool"]["experts"][t] for t in tasks}
+    cfg = {
+        **base,
+        "name": "nsga",
+        "searcher": {"name": "nsga2", "options": {"population_size": 4}},
+        "budget": {"trials": 6},
+    }
+    assert mergesweep.run(cfg).complete == 6
+    study = optuna.load_study(study_name="nsga", storage=open_storage(cfg["storage"]))
+    assert study.metric_names == ["low", "high"]
+    hv = [t.user_attrs["hypervolume"] for t in study.trials]
+    assert hv == sorted(hv)  # the front only grows
+    ref = study.user_attrs[PARETO_ATTR]["reference"]
+    assert study_hypervolume(study) == (pytest.approx(hv[-1]), ref, "base")
+    front = {r["number"] for r in evaluated_front(study)}
+    assert front == {t.number for t in study.best_trials}
+    # A grid smaller than the budget stops at its size (no study.stop() outside optimize).
+    grid = {**base, "name": "grid", "searcher": {"name": "grid", "options": {"points": 2}}}
+    grid["budget"] = {"trials": 10}
+    assert mergesweep.run(grid).complete == 4
