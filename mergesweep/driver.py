@@ -20,6 +20,7 @@ from mergesweep.errors import MergesweepError
 from mergesweep.pareto import HypervolumeTracker
 from mergesweep.runtime import Executor, Job, JobResult, build_executor
 from mergesweep.search import distributions
+from mergesweep.storage import count_trials
 from mergesweep.study import StudySetup
 
 __all__ = [
@@ -143,6 +144,7 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
     driver = uuid.uuid4().hex[:12]
     start = time.perf_counter()
     done = complete_count(study)
+    forked = count_trials(study, TrialState.COMPLETE) - done  # fork's copies: no new ones later
     failed = 0
     overhead = 0.0
     if done >= budget:
@@ -160,7 +162,7 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
         while True:
             # Recounted from the storage: other drivers on the same study count toward the
             # budget. Dispatch while complete + own in-flight < budget, then drain own trials.
-            done = complete_count(study)
+            done = count_trials(study, TrialState.COMPLETE) - forked
             if done >= budget and not in_flight:
                 break
             while len(in_flight) < executor.capacity and done + len(in_flight) < budget:

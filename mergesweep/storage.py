@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
 from mergesweep.errors import StorageError
 
-__all__ = ["DEFAULT_STORAGE", "open_storage", "require_study", "study_names"]
+__all__ = ["DEFAULT_STORAGE", "count_trials", "open_storage", "require_study", "study_names"]
 
 DEFAULT_STORAGE = "sqlite:///mergesweep.db"
 
@@ -101,3 +102,22 @@ def require_study(storage: optuna.storages.BaseStorage, name: str, url: str) -> 
     if name not in names:
         known = ", ".join(names) if names else "none"
         raise StorageError(f"study '{name}' does not exist in '{url}' (studies there: {known})")
+
+
+def count_trials(study: optuna.Study, state: TrialState) -> int:
+    """The number of ``study``'s trials in ``state``: one ``COUNT`` query on an RDB storage
+    (reading the trials themselves costs ~20 ms per call at a few hundred trials)."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    if isinstance(backend, optuna.storages.RDBStorage):
+        try:
+            import sqlalchemy as sa
+            from optuna.storages._rdb.models import TrialModel
+
+            query = sa.select(sa.func.count(TrialModel.trial_id)).where(
+                TrialModel.study_id == study._study_id, TrialModel.state == state
+            )
+            with backend.engine.connect() as conn:
+                return int(conn.execute(query).scalar_one())
+        except Exception:  # an Optuna whose internals moved: count the slow way
+            pass
+    return len(study.get_trials(deepcopy=False, states=(state,)))

@@ -22,8 +22,18 @@ def _check_reachable(address: str) -> None:
 
     ``ray.init`` itself retries an unreachable GCS for minutes.
     """
-    if address in ("auto", "local"):
+    if address == "local":
         return
+    if address == "auto":  # the cluster ``ray start`` recorded on this machine, if any
+        from ray._private.services import canonicalize_bootstrap_address
+
+        found = canonicalize_bootstrap_address("auto")
+        if found is None:
+            raise ExecutorError(
+                "executor.ray_address: 'auto' found no Ray cluster on this machine; "
+                "start one with 'ray start --head' or give its host:port"
+            )
+        address = found
     target = address.removeprefix("ray://")
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
@@ -61,6 +71,7 @@ def connect_ray(address: str | None, *, cpus: int | None = None) -> bool:
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     ray.init(
+        address="local",  # never join a cluster a ``ray start`` on this machine left behind
         num_cpus=max(os.cpu_count() or 1, cpus or 1),
         num_gpus=gpus,
         include_dashboard=False,

@@ -36,7 +36,13 @@ def local_ray(runtime_dir: Path) -> Iterator[None]:
     ray = pytest.importorskip("ray")
     import logging
 
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+    )
     try:
         yield
     finally:

@@ -4,10 +4,12 @@ driven through the CLI's ``--ray-address``, and an unreachable address."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,7 +74,11 @@ def cluster(runtime_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """A head and a worker node, 1 CPU each; yields the head's ``host:port``."""
     logs = tmp_path_factory.mktemp("ray-nodes")
     port = _free_port()
-    head = _start(["--head", "--port", str(port), "--include-dashboard", "false"], logs / "h")
+    # A private temp dir: the head records itself there, not in /tmp/ray where a later
+    # ``ray.init()`` on this machine would find (and try to join) it after we stop it.
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths are limited
+    head_args = ["--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", temp]
+    head = _start(head_args, logs / "h")
     try:
         node = _start(["--address", f"127.0.0.1:{port}"], logs / "n")
         try:
@@ -81,6 +87,7 @@ def cluster(runtime_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             _stop(node)
     finally:
         _stop(head)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:

@@ -1,0 +1,166 @@
+"""Runtime throughput: inline vs 1 vs 2 Ray workers on the quick start (issue: Ray runtime).
+
+Runs experiments/quickstart.yaml (digits zoo, layer-wise, TPE, SQLite in a temporary folder)
+three times with the same trial budget: ``executor.kind=inline``, then ``ray`` with 1 and 2
+workers of one torch thread each, on one local Ray instance (``num_cpus`` = the machine's
+cores) started before the runs, so that Ray's start-up is not counted. Each run reports:
+
+- ``throughput_per_s``: complete trials per second in steady state (first trial's start to
+  last trial's completion: worker start-up and pool loading excluded);
+- ``driver_overhead_ms``: the driver's own time per trial (ask, plan, user attrs, tell);
+- ``dispatch_ms``: per trial, wall time from ask to tell minus the worker's merge and
+  evaluation (driver overhead + Ray round trip + waiting for a free core);
+- ``merge_ms``, ``eval_ms``, ``load_s`` from the trials' timings.
+
+Target: 2 Ray workers ≥ 1.7× the throughput of 1 on 2 cores.
+
+    python benchmarks/runtime_throughput.py [--trials 40] [--memory-trials 200]
+
+``--memory-trials`` also runs that many trials on one resident Ray worker and reports its RSS
+after the first and the last trial. Writes benchmarks/results/runtime_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import ray
+import torch
+from optuna.trial import TrialState
+
+from mergesweep.api import load_config_dict
+from mergesweep.driver import run_sweep
+from mergesweep.runtime import Job
+from mergesweep.runtime.ray_executor import RayExecutor
+from mergesweep.search import distributions
+from mergesweep.study import open_study
+
+HERE = Path(__file__).resolve().parent
+CONFIG = HERE.parent / "experiments" / "quickstart.yaml"
+
+
+def run(name: str, url: str, trials: int, executor: list[str]) -> dict[str, Any]:
+    """One sweep of ``trials`` on a fresh study; steady-state figures from its trials."""
+    config = load_config_dict(
+        CONFIG, [f"name={name}", f"storage={url}", f"budget.trials={trials}", *executor]
+    )
+    setup = open_study(config)
+    summary = run_sweep(setup, progress=False)
+    done = setup.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    first = min(t.datetime_start for t in done)
+    last = max(t.datetime_complete for t in done)
+    steady = (last - first).total_seconds()
+    timings = [t.user_attrs["timings"] for t in done]
+    spans = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
+    work = [x["merge_s"] + x["eval_s"] for x in timings]
+    return {
+        "executor": " ".join(executor),
+        "trials": summary.complete,
+        "failed": summary.failed,
+        "workers": len({t.user_attrs["worker"] for t in done}),
+        "throughput_per_s": len(done) / steady,
+        "steady_s": steady,
+        "wall_s": summary.wall_s,
+        "driver_overhead_ms": 1e3 * summary.overhead_s / max(1, summary.complete),
+        "dispatch_ms": 1e3 * statistics.mean(s - w for s, w in zip(spans, work)),
+        "merge_ms": 1e3 * statistics.mean(x["merge_s"] for x in timings),
+        "eval_ms": 1e3 * statistics.mean(x["eval_s"] for x in timings),
+        "load_s": statistics.mean(x["load_s"] for x in timings),
+        "best_value": summary.best[0]["values"][0] if summary.best else None,
+    }
+
+
+def memory(url: str, trials: int) -> dict[str, Any]:
+    """RSS of one resident Ray worker after its first and its last of ``trials`` trials."""
+    config = load_config_dict(
+        CONFIG, [f"storage={url}", "name=memory", "executor.kind=ray", "executor.workers=1"]
+    )
+    setup = open_study(config)
+    dists = distributions(setup.space)
+    rng = np.random.default_rng(0)
+    executor = RayExecutor(setup.config, setup.layout)
+    try:
+        rss = []
+        for n in range(trials):
+            point = {k: float(rng.uniform(d.low, d.high)) for k, d in dists.items()}
+            executor.submit(Job(n, setup.space.to_plan(point)))
+            (result,) = executor.wait_any()
+            assert result.ok, result.error
+            if n in (0, trials - 1):
+                rss.append(executor.worker_stats()[0]["rss_mb"])
+    finally:
+        executor.shutdown()
+    return {
+        "trials": trials,
+        "rss_mb_after_first": rss[0],
+        "rss_mb_after_last": rss[1],
+        "growth_fraction": rss[1] / rss[0] - 1.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--memory-trials", type=int, default=200)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cores = os.cpu_count() or 1
+    ray.init(
+        address="local",
+        num_cpus=cores,
+        num_gpus=0,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+    )
+    runs: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"sqlite:///{tmp}/bench.db"
+            one = ["executor.threads=1"]
+            runs["inline"] = run("inline", url, args.trials, ["executor.kind=inline", *one])
+            for w in (1, 2):
+                spec = ["executor.kind=ray", f"executor.workers={w}", *one]
+                runs[f"ray_{w}"] = run(f"ray{w}", url, args.trials, spec)
+            mem = memory(url, args.memory_trials) if args.memory_trials else None
+    finally:
+        ray.shutdown()
+    speedup = runs["ray_2"]["throughput_per_s"] / runs["ray_1"]["throughput_per_s"]
+    result = {
+        "benchmark": "runtime_throughput",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": {
+            "cores": cores,
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "ray": ray.__version__,
+            "load_average_1min_at_end": os.getloadavg()[0],
+        },
+        "command": (
+            f"python benchmarks/runtime_throughput.py --trials {args.trials} "
+            f"--memory-trials {args.memory_trials}"
+        ),
+        "config": "experiments/quickstart.yaml (SQLite, one torch thread per worker)",
+        "runs": runs,
+        "speedup_2_vs_1_ray_workers": speedup,
+        "target_speedup": 1.7,
+        "ray_2_vs_inline": runs["ray_2"]["throughput_per_s"] / runs["inline"]["throughput_per_s"],
+        "memory": mem,
+    }
+    out = HERE / "results" / "runtime_throughput.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
