@@ -77,6 +77,8 @@ def _filters(names: list[str], prefix: str) -> list[str] | None:
     """Per-tensor filters (names without the base-model prefix, which mergekit's architecture
     files omit), or None when first-match substring lookup would not find each tensor's own."""
     filters = [_strip(n, prefix) for n in names]
+    if len(set(filters)) < len(filters):
+        return None
     order = sorted(range(len(names)), key=lambda i: (-len(filters[i]), filters[i]))
     for i, name in enumerate(names):
         for candidate in (name, filters[i]):

@@ -18,7 +18,21 @@ SPECS: dict[str, Callable[[Path, str], dict]] = {
     "cross_entropy": lambda data, mod: {"kind": "cross_entropy", "data": str(data)},
     "entropy": lambda data, mod: {"kind": "entropy", "data": str(data), "split": "train"},
     "callable": lambda data, mod: {"kind": "callable", "function": f"{mod}:scale"},
+    "lmeval": lambda data, mod: {"kind": "lmeval", "tasks": "tiny_yesno", "num_fewshot": 0},
 }
+# Kinds that score another model than ``passthrough``: kind -> (extra options, model), given
+# the request (for session fixtures such as ``tiny_lm``).
+OWN_MODEL: dict[str, Callable[[pytest.FixtureRequest], tuple[dict, torch.nn.Module]]] = {
+    "lmeval": lambda request: _tiny_lm_case(request.getfixturevalue("tiny_lm")),
+}
+REQUIRED = {"callable": "function", "lmeval": "tasks"}  # default: "data"
+
+
+def _tiny_lm_case(tiny: dict[str, Path]) -> tuple[dict, torch.nn.Module]:
+    from transformers import AutoModelForCausalLM
+
+    options = {"include_path": str(tiny["tasks"]), "samples": 6, "dtype": "float32"}
+    return options, AutoModelForCausalLM.from_pretrained(str(tiny["a"])).eval()
 
 
 def test_every_registered_kind_has_a_conformance_spec() -> None:
@@ -26,23 +40,24 @@ def test_every_registered_kind_has_a_conformance_spec() -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(SPECS))
-def test_objective_conformance(kind, logit_data, callable_module, passthrough) -> None:
+def test_objective_conformance(kind, logit_data, callable_module, passthrough, request) -> None:
+    extra, model = OWN_MODEL[kind](request) if kind in OWN_MODEL else ({}, passthrough)
     before = torch.get_num_threads()
     torch.set_num_threads(3)  # a value no objective would pick: any change shows
     try:
-        spec = SPECS[kind](logit_data, callable_module)
+        spec = {**SPECS[kind](logit_data, callable_module), **extra}
         obj = build_objective("t", spec)
         assert obj.kind == kind and obj.task == "t" and obj.head == "t"
         assert isinstance(obj.metric, str) and obj.metric
         assert obj.direction in DIRECTIONS
         obj.setup(None, seed=0)
-        first, second = obj.evaluate(passthrough), obj.evaluate(passthrough)
+        first, second = obj.evaluate(model), obj.evaluate(model)
         assert isinstance(first, float) and math.isfinite(first)
         assert first == second
         again = build_objective("t", spec)
         again.setup(None, seed=0)
-        assert again.evaluate(passthrough) == first
-        assert passthrough.scale.grad is None  # evaluation builds no graph
+        assert again.evaluate(model) == first
+        assert all(p.grad is None for p in model.parameters())  # evaluation builds no graph
         assert torch.get_num_threads() == 3
         try:
             batches = list(obj.batches(limit=1))
@@ -62,7 +77,7 @@ def test_unknown_and_missing_options_name_their_key(kind, logit_data, callable_m
         ConfigError, match=rf"^objectives\.tasks\.t\.bogus: unknown option .*'{kind}'"
     ):
         build_objective("t", {**spec, "bogus": 1})
-    required = "function" if kind == "callable" else "data"
+    required = REQUIRED.get(kind, "data")
     with pytest.raises(ConfigError, match=rf"^objectives\.tasks\.t\.{required}: required"):
         build_objective("t", {k: v for k, v in spec.items() if k != required})
 
