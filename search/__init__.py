@@ -7,6 +7,7 @@ from typing import Any
 from mergesweep.errors import ConfigError
 from mergesweep.registry import Registry
 from mergesweep.search.base import SearchContext, Searcher, distributions
+from mergesweep.search.bo import BayesOpt, DFMergeSearch
 from mergesweep.search.evo_merging import EvoMerging
 from mergesweep.search.map import MAP, MAPBayesian
 from mergesweep.search.map_nested import NestedMAP
@@ -21,6 +22,8 @@ SEARCHERS.register("cmaes")(CmaEs)
 SEARCHERS.register("random")(Random)
 SEARCHERS.register("grid")(Grid)
 SEARCHERS.register("nsga2")(NSGA2)
+SEARCHERS.register("bo")(BayesOpt)
+SEARCHERS.register("dfmerge")(DFMergeSearch)
 SEARCHERS.register("map")(MAP)
 SEARCHERS.register("map_bayesian")(MAPBayesian)
 SEARCHERS.register("map_nested")(NestedMAP)
