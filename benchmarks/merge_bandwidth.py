@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -214,6 +215,7 @@ def main() -> None:
     )
     report = {
         "benchmark": "merge_bandwidth",
+        "command": " ".join(["python", "benchmarks/merge_bandwidth.py", *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             "cpu": cpu,
