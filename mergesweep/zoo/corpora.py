@@ -89,11 +89,13 @@ def topic_examples(body_chars: int) -> tuple[tuple[str, ...], list[Example]]:
     for label, name in enumerate(classes):
         for f in sorted((root / name).glob("*.txt")):
             raw = f.read_text(encoding="utf-8", errors="replace").strip()
-            if raw in seen:  # the BBC set holds repeated articles: they would leak across splits
-                continue
-            seen.add(raw)
             title, _, body = raw.partition("\n")
             title, body = title.strip(), " ".join(body.split())
+            # The BBC set holds repeated (sometimes re-edited) articles: one per title, or they
+            # would leak across splits.
+            if title in seen:
+                continue
+            seen.add(title)
             body = body[:body_chars]
             out.append(Example(f"{title}. {body}", label, {"title": title, "body": body}))
     return classes, out

