@@ -54,14 +54,15 @@ def dare_(pool: ModelPool, p: float, seed: int) -> None:
         )
     scale = 1.0 / (1.0 - p)
     offs = pool.layout.offsets
+    draw = torch.empty(CHUNK)  # drawn on the CPU, so every device gets the same masks
     for k, task in enumerate(pool.experts):
         for i, name in enumerate(pool.layout.names):
             gen = torch.Generator().manual_seed(_stream_seed(seed, task, name))
             for s in range(offs[i], offs[i + 1], CHUNK):
                 row = pool.tau[k, s : min(s + CHUNK, offs[i + 1])]
-                keep = torch.rand(row.numel(), generator=gen) >= p  # P(keep) = 1 − p
-                factor = torch.where(keep, scale, 0.0).to(row.device, row.dtype)
-                row.mul_(factor)
+                factor = torch.rand(row.numel(), generator=gen, out=draw[: row.numel()])
+                factor.ge_(p).mul_(scale)  # kept (probability 1 − p): 1/(1 − p), dropped: 0
+                row.mul_(factor.to(row.device))
     pool.tau_owner = tag
 
 

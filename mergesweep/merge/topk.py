@@ -60,7 +60,10 @@ def exact_thresholds(pool: ModelPool, density: float) -> np.ndarray:
             out[i] = np.inf
         elif k < n:
             mags = pool.tau[:, offs[i] : offs[i + 1]].float().abs()
-            out[i] = mags.kthvalue(n - k + 1, dim=1).values.double().cpu().numpy()
+            if mags.is_cuda:
+                out[i] = mags.kthvalue(n - k + 1, dim=1).values.double().cpu().numpy()
+            else:  # NumPy's introselect is ~7x faster than torch.kthvalue on CPU
+                out[i] = np.partition(mags.numpy(), n - k, axis=1)[:, n - k]
     return out
 
 
