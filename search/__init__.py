@@ -6,6 +6,7 @@ from typing import Any
 
 from mergesweep.errors import ConfigError
 from mergesweep.registry import Registry
+from mergesweep.search.adamerging import AdaMerging
 from mergesweep.search.base import SearchContext, Searcher, distributions
 from mergesweep.search.bo import BayesOpt, DFMergeSearch
 from mergesweep.search.evo_merging import EvoMerging
@@ -24,6 +25,7 @@ SEARCHERS.register("grid")(Grid)
 SEARCHERS.register("nsga2")(NSGA2)
 SEARCHERS.register("bo")(BayesOpt)
 SEARCHERS.register("dfmerge")(DFMergeSearch)
+SEARCHERS.register("adamerging")(AdaMerging)
 SEARCHERS.register("map")(MAP)
 SEARCHERS.register("map_bayesian")(MAPBayesian)
 SEARCHERS.register("map_nested")(NestedMAP)
