@@ -173,8 +173,20 @@ def fork(
     "predicted front if stored, else the evaluated front (e.g. topic=2,langid=1).",
 )
 @click.option("--evaluate", is_flag=True, help="With --prefer: evaluate the pick as a new trial.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the study's figures to FILE.html (plotly) or FILE.png (matplotlib).",
+)
 def show(
-    study: str, storage: str, limit: int, as_json: bool, prefer: str | None, evaluate: bool
+    study: str,
+    storage: str,
+    limit: int,
+    as_json: bool,
+    prefer: str | None,
+    evaluate: bool,
+    plot: str | None,
 ) -> None:
     """The best trials of STUDY (or its Pareto front) with per-task metrics, its hypervolume
     and MAP's predicted front when stored."""
@@ -188,6 +200,8 @@ def show(
     st = open_storage(storage)
     require_study(st, study, storage)
     s = optuna.load_study(study_name=study, storage=st)
+    if plot:
+        _write_plot(s, plot)
     chosen = pick(s, prefer) if prefer else None
     if chosen is not None and evaluate:
         chosen["evaluated"] = evaluate_pick(study, storage, chosen["params"])
@@ -204,6 +218,31 @@ def show(
         if "evaluated" in chosen:
             ev = chosen["evaluated"]
             console.print(f"  evaluated as trial {ev['trial']}: {ev['metrics']}")
+
+
+def _write_plot(study, path: str) -> None:
+    from mergesweep.figures import study_figures, study_space
+    from mergesweep.figures_file import write_figures
+
+    space, layout, why = study_space(study)
+    if why:
+        click.echo(f"note: no coefficient heatmap ({why})", err=True)
+    figures = study_figures(study, space=space, layout=layout)
+    out = write_figures(figures, path, title=study.study_name)
+    n = len(figures)
+    click.echo(f"wrote {n} figure{'s' * (n != 1)} ({', '.join(figures)}) to {out}", err=True)
+
+
+@main.command()
+@_storage_opt
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, help="Port (0: any free port).")
+@click.option("--access-log", is_flag=True, help="Log every request to stderr.")
+def dashboard(storage: str, host: str, port: int, access_log: bool) -> None:
+    """Serve optuna-dashboard for a storage (safe while sweeps write to it; Ctrl-C stops)."""
+    from mergesweep.dashboard import serve
+
+    serve(storage, host, port, access_log=access_log)
 
 
 @main.command("list")

@@ -1,0 +1,228 @@
+"""optuna-dashboard for a mergesweep storage, and the figures mergesweep publishes to it.
+
+:func:`make_server` serves ``optuna_dashboard.wsgi`` from a threaded WSGI server (the
+dashboard's own ``run_server`` handles one request at a time). The storage is opened with
+:func:`mergesweep.storage.open_storage`, which creates the tables first and, for SQLite,
+switches the file to WAL with a 30 s busy timeout: the dashboard reads while sweeps write
+without "database is locked" on either side. A server bound to an address other than loopback
+is reachable from other machines, with no authentication, and lets visitors edit notes and
+delete studies: :func:`serve` warns about it.
+
+:class:`FigureRefresher` is the driver's hook: it republishes :func:`study_figures` as trials
+complete, at a bounded cost.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import math
+import socket
+import sys
+import time
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+from mergesweep.errors import MergesweepError
+from mergesweep.figures import ID_PREFIX, study_figures
+
+if TYPE_CHECKING:
+    import optuna
+
+    from mergesweep.study import StudySetup
+
+__all__ = [
+    "FigureRefresher",
+    "is_loopback",
+    "make_server",
+    "publish_figures",
+    "serve",
+]
+
+log = logging.getLogger(__name__)
+_MISSING = "dashboard: optuna-dashboard is not installed; pip install 'mergesweep[dashboard]'"
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """One thread per request; worker threads do not keep the process alive."""
+
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # the dashboard polls every second
+        pass
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` resolves to is a loopback address."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def make_server(
+    storage_url: str, host: str = "127.0.0.1", port: int = 8080, *, access_log: bool = False
+) -> WSGIServer:
+    """A bound, not yet serving, threaded server of optuna-dashboard for ``storage_url``.
+
+    ``port=0`` picks a free port (read it from ``server.server_address[1]``). Call
+    ``serve_forever()`` on the result, ``shutdown()`` from another thread to stop it.
+
+    Raises:
+        MergesweepError: optuna-dashboard is not installed, or the address cannot be bound.
+        StorageError: the storage cannot be opened.
+    """
+    try:
+        from optuna_dashboard import wsgi
+    except ImportError:
+        raise MergesweepError(_MISSING) from None
+    from mergesweep.storage import open_storage
+
+    app = wsgi(open_storage(storage_url))
+    cls = _Server6 if ":" in host.strip("[]") else _Server
+    try:
+        server = cls((host.strip("[]"), port), WSGIRequestHandler if access_log else _QuietHandler)
+    except OSError as exc:
+        raise MergesweepError(
+            f"dashboard: cannot listen on {host}:{port}: {exc.strerror}"
+        ) from None
+    server.set_app(app)
+    return server
+
+
+def url_of(server: WSGIServer) -> str:
+    """The dashboard's address as a browser takes it."""
+    host, port = server.server_address[:2]
+    shown = f"[{host}]" if ":" in str(host) else host
+    return f"http://{shown}:{port}/dashboard"
+
+
+def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080, **kwargs: Any) -> None:
+    """Serve the dashboard until interrupted; warns when reachable from other machines."""
+    server = make_server(storage_url, host, port, **kwargs)
+    if not is_loopback(host):
+        print(
+            f"warning: the dashboard listens on {host}, reachable from other machines; it has "
+            "no authentication and lets anyone who reaches it edit notes and delete studies",
+            file=sys.stderr,
+        )
+    print(f"mergesweep dashboard: {url_of(server)} (storage {storage_url})", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+# -- figures ----------------------------------------------------------------------------------
+# optuna-dashboard 0.21 reads a study's custom plotly figures from study system attrs
+# "dashboard:plot_data:<id>:<i>", the figure's JSON cut into chunks of 2,045 characters (what
+# optuna_dashboard.save_plotly_graph_object writes). They are written here directly: importing
+# optuna_dashboard pulls in its preferential GP sampler (botorch, gpytorch: ~7 s on a busy
+# 2-core machine), too much for every sweep's driver. The dashboard tests read them back with
+# optuna_dashboard's own reader and in a browser, so a format change fails the tests.
+_PLOT_KEY = "dashboard:plot_data:"
+_CHUNK = 2045
+
+
+def _finite(node: Any) -> Any:
+    """NaN/inf → null: the dashboard parses the figures with JSON.parse."""
+    if isinstance(node, float):
+        return node if math.isfinite(node) else None
+    if isinstance(node, dict):
+        return {k: _finite(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_finite(v) for v in node]
+    return node
+
+
+def publish_figures(study: optuna.Study, figures: dict[str, dict[str, Any]]) -> list[str]:
+    """Store ``figures`` (from :func:`mergesweep.figures.study_figures`) in the study for
+    optuna-dashboard, as ``mergesweep-<key>``; returns the graph object ids.
+
+    The ``front`` figure is stored only when it carries MAP's predicted front (the dashboard
+    draws the evaluated Pareto front itself). Needs neither plotly nor optuna-dashboard.
+    """
+    storage, sid = study._storage, study._study_id
+    old = storage.get_study_system_attrs(sid)
+    ids = []
+    for key, fig in figures.items():
+        if key == "front" and len(fig["data"]) < 3:
+            continue
+        graph_id = ID_PREFIX + key
+        text = json.dumps(_finite(fig), separators=(",", ":"), default=float)
+        prefix = f"{_PLOT_KEY}{graph_id}:"
+        chunks = [text[i : i + _CHUNK] for i in range(0, len(text), _CHUNK)]
+        stale = sum(k.startswith(prefix) for k in old)
+        for i in range(max(len(chunks), stale)):  # blank what a longer version left behind
+            storage.set_study_system_attr(sid, f"{prefix}{i}", chunks[i] if i < len(chunks) else "")
+        ids.append(graph_id)
+    return ids
+
+
+class FigureRefresher:
+    """Republishes a running study's figures as trials complete, at a bounded cost.
+
+    :meth:`tick` refreshes when at least ``every`` trials completed since the last refresh and
+    the time since then is at least ``1 / max_share`` times what the last refresh took (so
+    figures take at most ``max_share`` of the driver's time); the first tick always refreshes
+    and :meth:`close` always does. A failing refresh logs one warning and turns the refresher
+    off: figures never stop a sweep.
+
+    Args:
+        setup: the running study (its space and layout draw the coefficient heatmap).
+        every: least number of newly complete trials between two refreshes.
+        max_share: most of the driver's time spent on figures.
+    """
+
+    def __init__(self, setup: StudySetup, *, every: int = 10, max_share: float = 0.05) -> None:
+        self.setup = setup
+        self.every = every
+        self.max_share = max_share
+        self.enabled = True
+        self.last_done: int | None = None
+        self.last_end = time.monotonic()
+        self.cost = 0.0
+        self.refreshes = 0
+
+    def tick(self, done: int) -> None:
+        """Called after each finished trial with the study's complete count."""
+        if not self.enabled:
+            return
+        if self.last_done is not None and done - self.last_done < self.every:
+            return
+        if time.monotonic() - self.last_end < self.cost / self.max_share:
+            return
+        self.last_done = done
+        self._refresh()
+
+    def close(self) -> None:
+        """The final refresh (after the searcher's ``finalize``, e.g. MAP's predicted front)."""
+        if self.enabled:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        t0 = time.monotonic()
+        s = self.setup
+        try:
+            publish_figures(s.study, study_figures(s.study, space=s.space, layout=s.layout))
+            self.refreshes += 1
+        except Exception as exc:  # a figure must never stop a sweep
+            log.warning("mergesweep figures: refresh failed, turned off: %s", exc)
+            self.enabled = False
+        self.last_end = time.monotonic()
+        self.cost = self.last_end - t0

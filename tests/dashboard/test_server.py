@@ -1,0 +1,196 @@
+"""The dashboard server: loopback, warnings, errors, the CLI, and sweeps writing while it reads."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from click.testing import CliRunner
+
+from mergesweep import dashboard
+from mergesweep.cli import main
+from mergesweep.dashboard import is_loopback, make_server, serve, url_of
+from mergesweep.errors import MergesweepError
+from mergesweep.storage import open_storage
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+WRITER = Path(__file__).resolve().parent / "load_writer.py"
+
+
+def _get(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _api(base: str) -> str:
+    return base.removesuffix("/dashboard") + "/api"
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.0.2.7", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def _fake_server(host: str):
+    def stop() -> None:
+        raise KeyboardInterrupt
+
+    return SimpleNamespace(server_address=(host, 8080), serve_forever=stop, server_close=lambda: 0)
+
+
+def test_serve_warns_only_off_loopback(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(dashboard, "make_server", lambda url, host, port, **kw: _fake_server(host))
+    serve("sqlite:///x.db", "0.0.0.0", 8080)
+    out = capsys.readouterr()
+    assert "warning: the dashboard listens on 0.0.0.0, reachable from other machines" in out.err
+    assert "http://0.0.0.0:8080/dashboard" in out.out
+    serve("sqlite:///x.db", "127.0.0.1", 8080)
+    out = capsys.readouterr()
+    assert out.err == "" and "http://127.0.0.1:8080/dashboard" in out.out
+
+
+def test_errors_are_one_line(tmp_path, monkeypatch) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(MergesweepError, match=rf"dashboard: cannot listen on 127.0.0.1:{port}"):
+            make_server(url, "127.0.0.1", port)
+    result = CliRunner().invoke(main, ["dashboard", "--storage", f"sqlite:///{tmp_path}/no/s.db"])
+    assert result.exit_code == 2 and "error: storage: folder" in result.output
+    monkeypatch.setitem(sys.modules, "optuna_dashboard", None)
+    with pytest.raises(MergesweepError, match=r"optuna-dashboard is not installed; pip install"):
+        make_server(url, "127.0.0.1", 0)
+
+
+def test_help() -> None:
+    result = CliRunner().invoke(main, ["dashboard", "--help"])
+    assert result.exit_code == 0
+    assert "--host" in result.output and "127.0.0.1" in result.output and "--port" in result.output
+    assert "--plot" in CliRunner().invoke(main, ["show", "--help"]).output
+
+
+def test_cli_dashboard_serves_the_sweep(cli_dashboard: str, pareto_sweep) -> None:
+    status, body = _get(_api(cli_dashboard) + "/studies")
+    assert status == 200
+    (summary,) = json.loads(body)["study_summaries"]
+    assert summary["study_name"] == pareto_sweep.name
+    status, body = _get(f"{_api(cli_dashboard)}/studies/{summary['study_id']}")
+    detail = json.loads(body)
+    assert status == 200 and len(detail["trials"]) == len(pareto_sweep.study.trials)
+    ids = {g["id"] for g in detail["plotly_graph_objects"]}
+    assert ids == {f"mergesweep-{k}" for k in ("hypervolume", "best", "coefficients", "tasks")}
+    assert _get(cli_dashboard)[0] == 200  # the single-page app
+
+
+def _concurrent_load(url: str, trials: int = 60, readers: int = 2) -> None:
+    """A writer process adds ``trials`` while ``readers`` threads poll the dashboard's API."""
+    storage = open_storage(url)
+    study = optuna.create_study(storage=storage, study_name="load", directions=["maximize"] * 2)
+    study.set_metric_names(["low", "parity"])
+    server = make_server(url, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = _api(url_of(server))
+    writer = subprocess.Popen(
+        [sys.executable, str(WRITER), url, "load", str(trials)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    errors: list[str] = []
+    served = [0]
+    deadline = time.monotonic() + 240  # bounded in time and in requests
+
+    def read() -> None:
+        paths = ["/studies", f"/studies/{study._study_id}"]
+        for i in range(3000):
+            if writer.poll() is not None or time.monotonic() > deadline:
+                return
+            status, body = _get(api + paths[i % 2])
+            if status != 200:
+                errors.append(f"{status}: {body[:300]!r}")
+            served[0] += 1
+
+    threads = [threading.Thread(target=read) for _ in range(readers)]
+    for t in threads:
+        t.start()
+    try:
+        out, err = writer.communicate(timeout=300)
+        for t in threads:
+            t.join(timeout=60)
+        assert writer.returncode == 0, err[-3000:]
+        assert errors == [], errors[:3]
+        assert served[0] >= 10, "the readers barely ran beside the writer"
+        assert f"wrote {trials} trials" in out
+
+        def complete():
+            status, body = _get(f"{api}/studies/{study._study_id}")
+            detail = json.loads(body)
+            return status == 200 and len(detail["trials"]) == trials and detail
+
+        detail = _wait(complete)
+        ids = {g["id"] for g in detail["plotly_graph_objects"]}
+        assert {"mergesweep-best", "mergesweep-hypervolume", "mergesweep-tasks"} <= ids
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+        server.shutdown()
+        server.server_close()
+
+
+def _wait(check, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while not (got := check()):
+        assert time.monotonic() < deadline, "the dashboard never showed every trial"
+        time.sleep(0.5)
+    return got
+
+
+def test_sqlite_sweep_and_dashboard_side_by_side(tmp_path) -> None:
+    _concurrent_load(f"sqlite:///{tmp_path / 'load.db'}")
+
+
+@pytest.mark.postgres
+def test_postgres_sweep_and_dashboard_side_by_side() -> None:
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        admin = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"postgres: no server at 127.0.0.1:5432 for user postgres ({exc})")
+    admin.autocommit = True
+    db = f"ms_dash_{uuid.uuid4().hex[:8]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {db}")
+    try:
+        _concurrent_load(f"postgresql://postgres@127.0.0.1:5432/{db}")
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE {db} WITH (FORCE)")
+        admin.close()
