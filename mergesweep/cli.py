@@ -35,8 +35,16 @@ def _ray_overrides(address: str | None, overrides: tuple[str, ...] | list[str]) 
     if not address:
         return []
     extra = [f"executor.ray_address={json.dumps(address)}"]
-    if not any(o.split("=", 1)[0].strip() == "executor.kind" for o in overrides):
+    kinds = [o.split("=", 1)[1].strip() for o in overrides if o.split("=")[0] == "executor.kind"]
+    if not kinds:
         extra.append("executor.kind=ray")
+    elif kinds[-1] == "inline":
+        from mergesweep.errors import ConfigError
+
+        raise ConfigError(
+            "--ray-address: executor.kind=inline runs trials in this process, not on a Ray "
+            "cluster; drop one of the two"
+        )
     return extra
 
 

@@ -132,3 +132,16 @@ def test_an_unreachable_address_is_a_one_line_error(make_config, tmp_path) -> No
     assert not ray.is_initialized()
     study = optuna.load_study(study_name="nocluster", storage=open_storage(cfg["storage"]))
     assert [t.state for t in study.get_trials()] == [TrialState.WAITING]  # storage intact
+    # resume and fork take the same option; it contradicts an explicit inline executor.
+    url, addr = cfg["storage"], f"127.0.0.1:{port}"
+    for args, message in (
+        (["resume", "nocluster", "--storage", url], "executor.ray_address: cannot reach"),
+        (["fork", "nocluster", "--to", "forked", "--storage", url], "executor.ray_address: "),
+        (
+            ["resume", "nocluster", "--storage", url, "executor.kind=inline"],
+            "--ray-address: executor.kind=inline runs trials in this process",
+        ),
+    ):
+        out = CliRunner().invoke(main, [*args, "--ray-address", addr, "--no-progress"])
+        assert out.exit_code == 2, out.output
+        assert out.output.startswith(f"error: {message}"), out.output
