@@ -196,6 +196,17 @@ def _answer_logprob(model, ids, mask, answer) -> torch.Tensor:
 def _accuracy(model, data: _Choices, pad: int, limit: int) -> float:
     """Multiple-choice accuracy: the choice with the largest summed log-probability."""
     right, step = 0, 32
+    if all(len(c) == 1 for c in data.choices):
+        # One-token answers share the prompt: one forward per example (lm-eval's logits cache).
+        answers = torch.tensor([c[0] for c in data.choices])
+        for s in range(0, len(data.labels), step):
+            rows = range(s, min(s + step, len(data.labels)))
+            ids, mask, _ = _batch([(data.prompts[i][-limit:], []) for i in rows], pad)
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            last = logits[torch.arange(len(rows)), mask.sum(1) - 1]
+            pred = last.log_softmax(-1)[:, answers].argmax(-1)
+            right += int((pred == torch.tensor([data.labels[i] for i in rows])).sum())
+        return right / len(data.labels)
     for s in range(0, len(data.labels), step):
         rows = range(s, min(s + step, len(data.labels)))
         pairs = [data.pair(i, c, limit) for i in rows for c in range(len(data.choices))]
