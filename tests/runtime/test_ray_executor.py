@@ -14,6 +14,7 @@ from rt_configs import with_callable
 
 from mergesweep.driver import run_sweep
 from mergesweep.errors import ConfigError
+from mergesweep.pareto import base_scores
 from mergesweep.runtime import Job
 from mergesweep.runtime.ray_cluster import ExecutorError
 from mergesweep.runtime.ray_executor import RayExecutor
@@ -154,8 +155,12 @@ def test_worker_memory_stays_flat(make_config) -> None:
         for n in range(1, 200):
             one(n)
         (last,) = executor.worker_stats()
+        # Searchers reach the resident pool through ``call`` (here: the base model's scores).
+        base = executor.call(base_scores)
     finally:
         executor.shutdown()
     assert (first["trials"], last["trials"]) == (1, 200)
     assert first["worker"] == last["worker"]  # the same process throughout
     assert last["rss_mb"] <= first["rss_mb"] * 1.05, (first, last)
+    assert set(base) == {"low", "high", "parity", "loop"}
+    assert all(0.0 <= v <= 1.0 for v in base.values())
