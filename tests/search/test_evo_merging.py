@@ -114,3 +114,20 @@ def test_bad_options() -> None:
     evo = build_searcher("evo_merging", {"stage1_lambda": 2.0})
     with pytest.raises(ConfigError, match=r"searcher\.options\.stage1_lambda: 2\.0 lies outside"):
         evo.max_trials(space)
+
+
+def test_parallel_asks_need_no_generation_barrier(tmp_path) -> None:
+    space, evo, study = _open(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    dists = distributions(space)
+    # Five workers ask at once (population 3): five distinct generation-0 points.
+    running = [study.ask(dists) for _ in range(5)]
+    points = {tuple(t.params.values()) for t in running}
+    assert len(points) == 5
+    gens = [study._storage.get_trial_system_attrs(t._trial_id)[GEN_ATTR] for t in running]
+    assert gens == [[1, 0]] * 5
+    # As soon as 3 of them are complete, generation 0 is told and new asks are generation 1,
+    # while the other two are still running.
+    for t in running[:3]:
+        study.tell(t, evo.transform_values([_loss(t.params)], t.params))
+    nxt = study.ask(dists)
+    assert study._storage.get_trial_system_attrs(nxt._trial_id)[GEN_ATTR] == [1, 1]
