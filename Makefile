@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-slow lint clean
 
 $(BIN)/mergesweep: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,8 +26,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The default run (~10 min on 2 cores): everything but the tests that build the text/lm zoos.
 test: lint
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra -m "not slow"
+
+# Builds the text and lm zoos (~12 min on 2 cores, cached) and runs a short sweep on each.
+test-slow: install
+	$(BIN)/pytest -q -ra -m slow
 
 clean:
 	rm -rf $(VENV) mergesweep.db*
