@@ -4,7 +4,8 @@ Part 1 (issue "The seeds' searchers II"): on the digits zoo with 2 experts (low,
 all 4, every study is a Pareto study (validation accuracy per task). A dense grid of real
 evaluations (``grid`` searcher: 11² = 121 points for 2 experts, 5⁴ = 625 for 4) gives the
 reference front. MAP (``map``, (N+1)(N+2) evaluations), Bayesian MAP (same budget) and, for 4
-experts, Bayesian MAP with twice the budget and nested MAP are compared by hypervolume against
+experts, Bayesian MAP with 2× and 4× the budget (the full design, then residual-directed
+points) and nested MAP are compared by hypervolume against
 two reference points shared by all (the base model's scores, and the grid's worst score per
 task): the predicted front's hypervolume (surrogate scores), the hypervolume of the predicted
 front's points evaluated for real together with the method's own trials (``--reeval`` points
@@ -110,10 +111,11 @@ def front_part(zoo: Path, tasks, grid_points: int, storage: str, reeval: int) ->
     design = (n + 1) * (n + 2)
     variants = {"map": {"name": "map"}, "map_bayesian": {"name": "map_bayesian"}}
     if n > 2:
-        variants["map_bayesian_2x"] = {
-            "name": "map_bayesian",
-            "options": {"initial_points": design, "extra_points": design},
-        }
+        for k in (2, 4):  # the full design, then (k − 1)× as many residual-directed points
+            variants[f"map_bayesian_{k}x"] = {
+                "name": "map_bayesian",
+                "options": {"initial_points": design, "extra_points": (k - 1) * design},
+            }
         variants["map_nested"] = {"name": "map_nested"}
     for name, searcher in variants.items():
         t0 = time.perf_counter()
@@ -271,6 +273,7 @@ def main() -> None:
     zoo = ensure_zoo("digits", progress=False, threads=1)
     start = time.perf_counter()
     result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": {
             "python": platform.python_version(),
             "torch": torch.__version__,
