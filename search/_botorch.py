@@ -132,7 +132,13 @@ def _fit_single(X: torch.Tensor, y: torch.Tensor, settings: Settings, seed: int,
         covar = get_covar_module_with_dim_scaled_prior(X.shape[-1], use_rbf_kernel=False)
     model = SingleTaskGP(X, y, covar_module=covar, outcome_transform=Standardize(m=1))
     mll = ExactMarginalLogLikelihood(model.likelihood, model)
-    fit_gpytorch_mll(mll, optimizer_kwargs={"timeout_sec": max(time_s, 0.5)})
+    # botorch retries a fit that warns, each attempt with the full timeout: bound both.
+    attempts = 2
+    fit_gpytorch_mll(
+        mll,
+        optimizer_kwargs={"timeout_sec": max(time_s / attempts, 0.25)},
+        max_attempts=attempts,
+    )
     return model
 
 
