@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -88,6 +89,12 @@ class _View:
     def multi(self) -> bool:
         return len(self.directions) > 1
 
+    @cached_property
+    def front(self) -> list[FrozenTrial]:
+        """The non-dominated trials, by number (computed once: O(n²) in the trials)."""
+        mask = nondominated([t.values for t in self.trials], self.directions)
+        return [t for t, keep in zip(self.trials, mask) if keep]
+
     def tasks(self, trials: Sequence[FrozenTrial]) -> list[str]:
         """Task names in the config's order (the stored record), else as metrics list them."""
         config = self.attrs.get("mergesweep", {}).get("config", {})
@@ -142,11 +149,10 @@ def _best(v: _View) -> FrozenTrial | None:
     trials, dirs = v.trials, v.directions
     if not trials:
         return None
-    values = np.array([t.values for t in trials], dtype=np.float64)
     if len(dirs) == 1:
         sign = -1.0 if dirs[0] == "maximize" else 1.0
-        return trials[int(np.argmin(sign * values[:, 0]))]
-    front = [t for t, keep in zip(trials, nondominated(values, dirs)) if keep]
+        return trials[int(np.argmin([sign * t.values[0] for t in trials]))]
+    front = v.front
     weights = np.full(len(dirs), 1.0 / math.sqrt(len(dirs)))
     return front[prefer_index([t.values for t in front], dirs, weights)]
 
@@ -255,8 +261,7 @@ def _rows(v: _View) -> list[FrozenTrial]:
     """The Pareto trials (several objectives) or the ten best (one), at most MAX_BARS."""
     trials, dirs = v.trials, v.directions
     if v.multi:
-        mask = nondominated([t.values for t in trials], dirs)
-        return [t for t, keep in zip(trials, mask) if keep][:MAX_BARS]
+        return v.front[:MAX_BARS]
     sign = -1.0 if dirs[0] == "maximize" else 1.0
     return sorted(trials, key=lambda t: (sign * t.values[0], t.number))[:10]
 
@@ -299,9 +304,12 @@ def _front_figure(v: _View) -> dict[str, Any] | None:
     if not pts:
         return None
     xy = np.array([[x, y] for _, x, y in pts])
-    front = sorted(
-        (p for p, keep in zip(pts, nondominated(xy, [dx, dy])) if keep), key=lambda p: p[1]
-    )
+    if [tx, ty] == v.names and [dx, dy] == v.directions and len(pts) == len(v.trials):
+        on_front = {t.number for t in v.front}  # the study's own two objectives
+        mask = [n in on_front for n, _, _ in pts]
+    else:
+        mask = nondominated(xy, [dx, dy]).tolist()
+    front = sorted((p for p, keep in zip(pts, mask) if keep), key=lambda p: p[1])
     data = [
         _trace(
             "scatter",

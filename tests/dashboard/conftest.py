@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,6 @@ from pathlib import Path
 import optuna
 import pytest
 
-from mergesweep.dashboard import make_server, url_of
 from mergesweep.storage import open_storage
 
 TASKS = ("low", "parity")
@@ -69,17 +67,6 @@ def pareto_sweep(digits_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     assert summary.complete == 8
     study = optuna.load_study(study_name="pareto2", storage=open_storage(cfg["storage"]))
     return Sweep(cfg["storage"], "pareto2", study)
-
-
-@pytest.fixture
-def served(pareto_sweep: Sweep) -> Iterator[str]:
-    """The dashboard of the sweep's storage on a free loopback port, in a thread."""
-    server = make_server(pareto_sweep.url, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield url_of(server)
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from click.testing import CliRunner
 
 from mergesweep import dashboard
 from mergesweep.cli import main
-from mergesweep.dashboard import is_loopback, make_server, serve, url_of
+from mergesweep.dashboard import dashboard_app, is_loopback, make_server, serve, url_of
 from mergesweep.errors import MergesweepError
 from mergesweep.storage import open_storage
 
@@ -88,6 +89,39 @@ def test_errors_are_one_line(tmp_path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)
     with pytest.raises(MergesweepError, match=r"optuna-dashboard is not installed; pip install"):
         make_server(url, "127.0.0.1", 0)
+
+
+def _call(app, path: str, query: str = "") -> dict:
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "SERVER_NAME": "t",
+        "SERVER_PORT": "0",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": io.StringIO(),
+        "wsgi.url_scheme": "http",
+    }
+    return json.loads(b"".join(app(environ, lambda *a: None)))
+
+
+def test_app_rescans_only_new_trials(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    study = optuna.create_study(storage=open_storage(url), study_name="c")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=5)
+    app = dashboard_app(url, warm_up=False)
+    sid = study._study_id
+    assert len(_call(app, f"/api/studies/{sid}")["trials"]) == 5
+    cached = app._inmemory_cache._cached_extra_study_property_cache[sid]
+    assert cached._cursor == 5  # optuna-dashboard alone leaves it at -1: rescans forever
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_int("k", 2, 9), n_trials=2)
+    app._inmemory_cache._trials_last_fetched_at.clear()  # the dashboard's 2 s cache expired
+    detail = _call(app, f"/api/studies/{sid}", "after=5")
+    assert [t["number"] for t in detail["trials"]] == [5, 6]
+    assert [p["name"] for p in detail["union_search_space"]] == ["k", "x"]
+    assert [p["name"] for p in detail["intersection_search_space"]] == ["x"]
+    assert cached._cursor == 7
 
 
 def test_help() -> None:
@@ -189,7 +223,7 @@ def test_postgres_sweep_and_dashboard_side_by_side() -> None:
     with admin.cursor() as cur:
         cur.execute(f"CREATE DATABASE {db}")
     try:
-        _concurrent_load(f"postgresql://postgres@127.0.0.1:5432/{db}")
+        _concurrent_load(f"postgresql://postgres@127.0.0.1:5432/{db}", trials=40)
     finally:
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE {db} WITH (FORCE)")
