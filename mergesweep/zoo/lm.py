@@ -10,8 +10,9 @@ Recipe (every number is in :data:`RECIPE`, hashed into the zoo's folder name):
 * experts ``topic`` and ``sentiment``: the base fine-tuned 400 steps on prompts
   ``"Article: {title}. {body[:250]}\\nTopic: X"`` and ``"Tweet: {text}\\nSentiment: X"`` with
   the loss on the answer tokens only;
-* lm-eval multiple-choice tasks over local jsonl files, written into ``<zoo>/tasks``
-  (``include_path`` for ``lm_eval.tasks.TaskManager``): ``ms_topic``/``ms_sentiment`` score the
+* lm-eval multiple-choice tasks over local jsonl files (``<zoo>/data``), written into
+  ``<zoo>/tasks`` (``include_path`` for ``lm_eval.tasks.TaskManager``), whose loader module reads
+  the data relative to itself (the zoo folder may move): ``ms_topic``/``ms_sentiment`` score the
   validation split, ``ms_topic_test``/``ms_sentiment_test`` the test split.
 
 Every tensor is merged (no per-task head: ``lm_head`` is tied to ``wte``), so all task models of
@@ -114,27 +115,56 @@ def _prompt(task: str, e: corpora.Example) -> str:
     return PROMPTS[task][0].format(**e.fields)
 
 
+_LOADER = '''"""Loads the lm zoo's jsonl splits from beside this folder (written by mergesweep).
+
+lm-eval calls these through ``custom_dataset: !function ms_lm_data.<task>``; paths are relative
+to this file, so the zoo folder can move.
+"""
+
+import json
+from pathlib import Path
+
+import datasets
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def _load(task):
+    parts = {}
+    for split in ("train", "validation", "test"):
+        with (DATA / task / f"{split}.jsonl").open(encoding="utf-8") as fh:
+            parts[split] = datasets.Dataset.from_list([json.loads(line) for line in fh])
+    return datasets.DatasetDict(parts)
+
+
+def topic(**kwargs):
+    return _load("topic")
+
+
+def sentiment(**kwargs):
+    return _load("sentiment")
+'''
+
+
 def _write_tasks(folder: Path, tasks: dict[str, corpora.TaskData]) -> dict[str, int]:
-    """jsonl data under ``data/`` and the lm-eval YAMLs under ``tasks/`` (absolute paths)."""
+    """jsonl data under ``data/`` and lm-eval YAMLs under ``tasks/``, whose loader module
+    (``tasks/ms_lm_data.py``) reads the data relative to itself."""
     import yaml
 
     (folder / "tasks").mkdir(parents=True)
+    (folder / "tasks" / "ms_lm_data.py").write_text(_LOADER)
     counts = {}
     for task, data in tasks.items():
-        files = {}
         for split, examples in data.splits.items():
             path = folder / "data" / task / f"{split}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("w", encoding="utf-8") as fh:
                 for e in examples:
                     fh.write(json.dumps({**e.fields, "label": e.label}, ensure_ascii=False) + "\n")
-            files[split] = str(path.resolve())
             counts[f"{task}/{split}"] = len(examples)
         config: dict[str, Any] = {
             "task": f"ms_{task}",
             "tag": ["mergesweep_lm"],
-            "dataset_path": "json",
-            "dataset_kwargs": {"data_files": files},
             "output_type": "multiple_choice",
             "training_split": "train",
             "validation_split": "validation",
@@ -148,10 +178,15 @@ def _write_tasks(folder: Path, tasks: dict[str, corpora.TaskData]) -> dict[str, 
             ],
             "metadata": {"version": 1.0},
         }
+        # safe_dump cannot write the !function tag: it is the first line, written by hand.
+        loader = f"custom_dataset: !function ms_lm_data.{task}\n"
         dump = {"default_flow_style": False, "sort_keys": False, "allow_unicode": True}
-        (folder / "tasks" / f"ms_{task}.yaml").write_text(yaml.safe_dump(config, **dump))
+        text = loader + yaml.safe_dump(config, **dump)
+        (folder / "tasks" / f"ms_{task}.yaml").write_text(text)
         test = {**config, "task": f"ms_{task}_test", "test_split": "test"}
-        (folder / "tasks" / f"ms_{task}_test.yaml").write_text(yaml.safe_dump(test, **dump))
+        (folder / "tasks" / f"ms_{task}_test.yaml").write_text(
+            loader + yaml.safe_dump(test, **dump)
+        )
     return counts
 
 

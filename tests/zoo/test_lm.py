@@ -23,10 +23,16 @@ def test_lm_zoo_files_tokenizer_and_measured_accuracies(lm_zoo) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(lm_zoo / "experts" / "topic"))
     assert model.lm_head.weight is model.transformer.wte.weight
     assert model.config.n_layer == 4 and model.config.n_embd == 128
-    for name in ("ms_topic", "ms_topic_test", "ms_sentiment", "ms_sentiment_test"):
-        spec = yaml.safe_load((lm_zoo / "tasks" / f"{name}.yaml").read_text())
-        assert spec["output_type"] == "multiple_choice"
-        assert all(Path(f).is_file() for f in spec["dataset_kwargs"]["data_files"].values())
+    from lm_eval.tasks import TaskManager
+
+    loaded = TaskManager(include_path=str(lm_zoo / "tasks"), include_defaults=False).load(
+        ["mergesweep_lm"]
+    )["tasks"]
+    assert sorted(loaded) == ["ms_sentiment", "ms_sentiment_test", "ms_topic", "ms_topic_test"]
+    sizes = manifest["sizes"]
+    assert len(loaded["ms_topic_test"].eval_docs) == sizes["topic/test"] == 300
+    assert len(loaded["ms_sentiment"].eval_docs) == sizes["sentiment/validation"] == 500
+    assert loaded["ms_topic"].OUTPUT_TYPE == "multiple_choice"
     acc = manifest["accuracy"]
     experts, base = acc["experts"]["test"], acc["base"]["test"]
     assert experts["topic"] > 0.35 and experts["sentiment"] > 0.45  # chance 0.2, majority ~0.42
