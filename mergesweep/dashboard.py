@@ -19,12 +19,14 @@ import ipaddress
 import json
 import logging
 import math
+import re
 import socket
 import sys
 import threading
 import time
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from mergesweep.errors import MergesweepError
@@ -109,8 +111,11 @@ def dashboard_app(storage_url: str, *, warm_up: bool = True) -> Any:
       2,000 trials × 40 parameters on a busy 2-core machine).
     * optuna-dashboard 0.21's search-space cache never moves its cursor once every trial is
       finished, so each re-read re-scans every trial (8 s at that size): :func:`_fix_cursor`.
+    * Identical study-detail requests share one answer while it is computed
+      (:class:`_SingleFlight`): the page asks again every 10 s until its first answer arrives,
+      and at that size each answer is 23 MB of JSON that takes seconds to make.
     * With ``warm_up``, a background thread loads each study once at start, so the first page
-      load pays only for turning the trials into JSON.
+      load pays only for turning the trials into JSON (or joins the warm-up's answer).
 
     Raises:
         MergesweepError: optuna-dashboard is not installed.
@@ -126,11 +131,76 @@ def dashboard_app(storage_url: str, *, warm_up: bool = True) -> Any:
 
     _fix_cursor()
     storage = optuna.storages.get_storage(open_storage(storage_url))  # + the trial cache
-    app = wsgi(storage)
+    app = _SingleFlight(wsgi(storage))
     if warm_up:
         ids = [s._study_id for s in storage.get_all_studies()]
         threading.Thread(target=_warm_up, args=(app, ids), daemon=True).start()
     return app
+
+
+_DETAIL = re.compile(r"/api/studies/\d+/?")
+
+
+class _Flight:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: tuple[str, list[tuple[str, str]], bytes] | None = None
+
+
+class _SingleFlight:
+    """WSGI middleware: concurrent GETs of one study's detail (same ``after``) share the
+    response the first of them computes."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.flights: dict[tuple[str, str], _Flight] = {}
+
+    def __getattr__(self, name: str) -> Any:  # the Bottle app's attributes (its caches)
+        return getattr(self.app, name)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") != "GET" or not _DETAIL.fullmatch(path):
+            return self.app(environ, start_response)
+        after = parse_qs(environ.get("QUERY_STRING", "")).get("after", ["0"])[0]
+        key = (path.rstrip("/"), after)
+        with self.lock:
+            flight = self.flights.get(key)
+            leader = flight is None
+            if leader:
+                flight = self.flights[key] = _Flight()
+        if leader:
+            try:
+                flight.result = _collect(self.app, environ)
+            finally:
+                with self.lock:
+                    del self.flights[key]
+                flight.done.set()
+        else:
+            flight.done.wait()
+        if flight.result is None:  # the leader failed: compute our own
+            return self.app(environ, start_response)
+        status, headers, body = flight.result
+        start_response(status, headers)
+        return [body]
+
+
+def _collect(app: Any, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Run a WSGI app to completion: status, headers and body."""
+    got: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        got["status"], got["headers"] = status, headers
+        return lambda data: None
+
+    result = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        if hasattr(result, "close"):
+            result.close()
+    return got["status"], got["headers"], body
 
 
 def _fix_cursor() -> None:
@@ -172,8 +242,7 @@ def _warm_up(app: Any, study_ids: list[int]) -> None:
             "wsgi.url_scheme": "http",
         }
         try:
-            for _ in app(environ, lambda status, headers, exc_info=None: None):
-                pass
+            _collect(app, environ)
         except Exception as exc:  # a failed warm-up only costs the first visitor time
             log.debug("dashboard warm-up of study %s failed: %s", sid, exc)
 

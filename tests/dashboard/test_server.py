@@ -124,6 +124,43 @@ def test_app_rescans_only_new_trials(tmp_path) -> None:
     assert cached._cursor == 7
 
 
+def test_concurrent_detail_requests_share_one_answer() -> None:
+    from mergesweep.dashboard import _SingleFlight
+
+    calls: list[str] = []
+    gate = threading.Event()
+
+    def slow(environ, start_response):
+        calls.append(environ["PATH_INFO"] + "?" + environ["QUERY_STRING"])
+        gate.wait(10)
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"q": environ["QUERY_STRING"], "call": len(calls)}).encode()]
+
+    app = _SingleFlight(slow)
+    got: list[dict] = []
+    queries = ["", "after=0", "after=0", "after=3"]
+    threads = [
+        threading.Thread(target=lambda q=q: got.append(_call(app, "/api/studies/1", q)))
+        for q in queries
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # all four are waiting: two computations, "" and "after=0" share one
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert sorted(calls) == ["/api/studies/1?", "/api/studies/1?after=3"]
+    assert len(got) == 4
+    shared = [g for g in got if g["q"] != "after=3"]
+    assert len(shared) == 3 and all(g == shared[0] for g in shared)  # one answer, three users
+    gate.clear()
+    gate.set()
+    _call(app, "/api/studies/1", "after=0")  # nothing in flight now: computed afresh
+    assert len(calls) == 3
+    _call(app, "/api/studies", "")
+    assert calls[-1] == "/api/studies?"  # other paths pass straight through
+
+
 def test_help() -> None:
     result = CliRunner().invoke(main, ["dashboard", "--help"])
     assert result.exit_code == 0
