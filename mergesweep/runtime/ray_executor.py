@@ -155,7 +155,8 @@ class RayExecutor(Executor):
 
     # -- the executor protocol --------------------------------------------------------------
     def submit(self, job: Job) -> None:
-        slot = next((s for s in self._slots if s.job is None), None)
+        free = [s for s in self._slots if s.job is None]
+        slot = next((s for s in free if s.loaded), free[0] if free else None)  # loaded first
         if slot is None:
             raise RuntimeError("RayExecutor.submit: every worker is busy (respect capacity)")
         slot.job = job
