@@ -73,3 +73,29 @@ def test_show_plot_without_a_space_skips_the_heatmap(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert "note: no coefficient heatmap (the study was not made by mergesweep)" in result.output
     assert "wrote 1 figure (best)" in result.output and out.stat().st_size > 10_000
+
+
+def test_map_sweep_publishes_its_predicted_front(digits_zoo, tmp_path) -> None:
+    from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
+
+    from mergesweep.api import run
+
+    from .conftest import sweep_config
+
+    cfg = sweep_config(digits_zoo, tmp_path, "map2", trials=12)
+    cfg["space"] = {"kind": "modelwise"}
+    cfg["searcher"] = {"name": "map", "options": {"population": 12, "generations": 5}}
+    run(cfg)
+    study = optuna.load_study(study_name="map2", storage=cfg["storage"])
+    record = study.user_attrs["map"]
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    stored = json.loads(get_plotly_graph_objects(attrs)["mergesweep-front"])
+    evaluated, observed, predicted = stored["data"]
+    assert predicted["name"] == "MAP predicted front"
+    assert observed["name"] == "Pareto front (evaluated)" and 1 <= len(observed["x"]) <= 12
+    expected = sorted((f["predicted"]["low"], f["predicted"]["parity"]) for f in record["front"])
+    assert list(zip(predicted["x"], predicted["y"])) == [tuple(p) for p in expected]
+    assert (
+        len(evaluated["x"]) == 12
+        and f"from {record['evaluations']} evaluations" in (stored["layout"]["title"]["text"])
+    )
