@@ -53,8 +53,12 @@ def main() -> None:
     result = {
         "benchmark": "trial_overhead",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
-                    "torch": torch.__version__, "torch_threads": 1},
+        "machine": {
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "torch_threads": 1,
+        },
         "command": f"python benchmarks/trial_overhead.py --trials {args.trials}",
         "config": "experiments/quickstart.yaml (inline executor, SQLite)",
         "trials": summary.complete,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,6 +158,7 @@ def open_study(
     """
     from mergesweep.objectives import build_objective
 
+    config = parse_config(config).to_dict()  # defaults filled in: the stored, comparable form
     cfg = resolved_config(config)
     layout = read_layout(pool_spec(cfg))
     space = build_space(cfg.space.kind, layout, cfg.space.options)
@@ -201,7 +203,9 @@ def open_study(
     )
     if created:
         study.set_user_attr(ATTR, record)
-        study.set_metric_names(metric_names)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metric_names)
         for i, entry in enumerate(cfg.searcher.enqueue):
             point = space.init_point() if entry == "init" else entry
             if not isinstance(point, dict):
