@@ -202,7 +202,7 @@ def browser():
     service = Service(executable_path=shutil.which("chromedriver"))
     driver = webdriver.Chrome(service=service, options=options)
     driver.set_page_load_timeout(300)
-    return driver
+    return driver, profile
 
 
 def main() -> None:
@@ -231,7 +231,7 @@ def main() -> None:
     warm = [get(detail)[0] for _ in range(5)]
     time.sleep(11)  # past the dashboard's 10 s trial cache: what each 10 s page poll costs
     poll, poll_size = get(f"{detail}?after={args.trials}")
-    driver = browser()
+    driver, profile = browser()
     page = f"{base}/studies/{study._study_id}"
     try:
         stop(proc)  # a fresh server for the cold page load: nothing cached
@@ -242,6 +242,7 @@ def main() -> None:
     finally:
         driver.quit()
         stop(proc)
+        shutil.rmtree(profile, ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
 
     def med(key: str) -> float:
