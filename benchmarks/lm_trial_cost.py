@@ -4,7 +4,8 @@ Runs experiments/lm_lmeval_cmaes.yaml (the lm zoo's GPT-2, 2 experts, layer-wise
 arithmetic, lm-eval multiple-choice objectives on fixed seeded subsets) with the inline executor
 into a fresh SQLite file, and reports the trial timings the driver records: ``merge_s`` (the
 in-place merge), ``eval_s`` (``lm_eval.evaluator.evaluate`` for both tasks through the worker's
-reused HFLM), ``overhead_s`` (ask, plan, storage), and ``load_s`` (once: pool, tasks, HFLM).
+reused HFLM), ``overhead_s`` (ask, plan, storage), and ``load_s`` (once: pool, tasks, HFLM);
+then splits one trial's evaluation into the model's forward passes and lm-eval's own work.
 
     python benchmarks/lm_trial_cost.py [--trials 12] [--samples 150]
 
@@ -42,6 +43,57 @@ def _stats(values: list[float]) -> dict[str, float]:
     }
 
 
+def _breakdown(samples: int, repeats: int = 3) -> dict[str, float]:
+    """Where ``eval_s`` goes: the model's forward passes (``HFLM._model_call``) vs the rest of
+    ``lm_eval.evaluator.evaluate`` (request building, tokenization, scoring), per trial."""
+    from mergesweep.objectives import build_objective
+    from mergesweep.pool import ModelPool, PoolSpec
+
+    zoo = ensure_zoo("lm", progress=False)
+    torch.set_num_threads(1)
+    pool = ModelPool(
+        PoolSpec(
+            base=str(zoo / "base"),
+            experts={t: str(zoo / "experts" / t) for t in ("topic", "sentiment")},
+        )
+    )
+    total = forward = 0.0
+    for task in ("topic", "sentiment"):
+        obj = build_objective(
+            task,
+            {
+                "kind": "lmeval",
+                "tasks": f"ms_{task}",
+                "include_path": str(zoo / "tasks"),
+                "num_fewshot": 0,
+                "samples": samples,
+                "dtype": "float32",
+            },
+        )
+        obj.setup(pool, seed=0)
+        lm = obj.lm(pool.model(task))
+        inner = lm._model_call
+        spent = [0.0]
+
+        def timed(*a, _inner=inner, _spent=spent, **k):
+            t0 = time.perf_counter()
+            try:
+                return _inner(*a, **k)
+            finally:
+                _spent[0] += time.perf_counter() - t0
+
+        lm._model_call = timed
+        obj.evaluate(pool.model(task))  # warm-up
+        spent[0] = 0.0
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            obj.evaluate(pool.model(task))
+        total += (time.perf_counter() - t0) / repeats
+        forward += spent[0] / repeats
+        lm._model_call = inner
+    return {"eval_s": total, "forward_s": forward, "lm_eval_rest_s": total - forward}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=12)
@@ -67,6 +119,7 @@ def main() -> None:
         timings = [t.user_attrs["timings"] for t in trials]
         best = max(trials, key=lambda t: t.value)
     manifest = zoo_manifest("lm")
+    breakdown = _breakdown(args.samples)
     merge = [t["merge_s"] for t in timings]
     evals = [t["eval_s"] for t in timings]
     result = {
@@ -94,6 +147,7 @@ def main() -> None:
         "overhead_s_mean": summary.overhead_s / max(summary.complete, 1),
         "merge_fraction": statistics.mean(merge)
         / (statistics.mean(merge) + statistics.mean(evals)),
+        "eval_breakdown_per_trial": breakdown,
         "load_s": timings[0].get("load_s"),
         "wall_s_total": wall,
         "best": {"trial": best.number, "value": best.value, "metrics": best.user_attrs["metrics"]},
