@@ -40,7 +40,6 @@ import mergesweep
 from mergesweep.api import load_config_dict, run
 from mergesweep.objectives import build_objective
 from mergesweep.plan import MergePlan
-from mergesweep.runtime.base import Job
 from mergesweep.runtime.worker import Evaluator
 from mergesweep.spaces import build_space
 from mergesweep.zoo import ensure_zoo
@@ -72,27 +71,27 @@ def base_config(zoo: Path, storage: str, name: str, method: dict) -> dict[str, A
 
 
 class Scorer:
-    """A resident pool with its method prepared on validation data, scored on val and test."""
+    """A resident pool with its method prepared on the experiment's data (validation, or the
+    unlabelled test inputs for AdaMerging), scored by accuracy on validation and on test."""
 
     def __init__(self, config: dict[str, Any], zoo: Path) -> None:
         self.ev = Evaluator(load_config_dict(config))
-        self.test = {}
-        for t in TASKS:
-            obj = build_objective(
-                t, {"kind": "accuracy", "data": str(zoo / "data" / t), "split": "test"}
-            )
-            obj.setup(self.ev.pool, 0)
-            self.test[t] = obj
+        self.splits: dict[str, dict[str, Any]] = {"validation": {}, "test": {}}
+        for split, objs in self.splits.items():
+            for t in TASKS:
+                spec = {"kind": "accuracy", "data": str(zoo / "data" / t), "split": split}
+                objs[t] = build_objective(t, spec)
+                objs[t].setup(self.ev.pool, 0)
+
+    def scores(self, plan: MergePlan, split: str) -> dict[str, float]:
+        self.ev.method.apply(self.ev.pool, plan)
+        return {t: float(o.evaluate(self.ev.pool.model(t))) for t, o in self.splits[split].items()}
 
     def val(self, plan: MergePlan) -> dict[str, float]:
-        res = self.ev.evaluate(Job(0, plan))
-        if not res.ok:
-            raise RuntimeError(res.error)
-        return res.metrics
+        return self.scores(plan, "validation")
 
     def test_scores(self, plan: MergePlan) -> dict[str, Any]:
-        self.ev.method.apply(self.ev.pool, plan)
-        acc = {t: float(o.evaluate(self.ev.pool.model(t))) for t, o in self.test.items()}
+        acc = self.scores(plan, "test")
         return {"test": acc, "test_avg": float(np.mean(list(acc.values())))}
 
 
@@ -128,7 +127,7 @@ def study_method(zoo, storage, experiment: str, name: str, overrides=()) -> dict
     plan = space.to_plan(best.params)
     out: dict[str, Any] = {"trials": len(study.trials), "complete": len(complete)}
     out["best_trial"], out["wall_s"] = best.number, wall
-    out["val_metrics_recorded"] = best.user_attrs.get("metrics")
+    out["recorded_metrics"] = best.user_attrs.get("metrics")
     out["val_avg"] = float(np.mean(list(scorer.val(plan).values())))
     out.update(scorer.test_scores(plan))
     p = np.array(list(best.params.values()))
