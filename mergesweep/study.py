@@ -265,7 +265,8 @@ def fork_study(name: str, url: str, to: str, overrides: list[str]) -> dict[str, 
     from mergesweep.config import apply_overrides
     from mergesweep.driver import study_values
 
-    config = apply_overrides(stored_config(name, url), overrides)
+    old = stored_config(name, url)  # read the storage once
+    config = apply_overrides(old, overrides)
     config["name"] = to
     parse_config(config)
     old_trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(
@@ -273,9 +274,9 @@ def fork_study(name: str, url: str, to: str, overrides: list[str]) -> dict[str, 
     )
     setup = open_study(config, fresh_only=True, prior=[])
     old_space = build_space(
-        stored_config(name, url)["space"].get("kind", "modelwise"),
+        old["space"].get("kind", "modelwise"),
         setup.layout,
-        stored_config(name, url)["space"].get("options", {}),
+        old["space"].get("options", {}),
     )
     if old_space.hash() != setup.space.hash():
         raise ConfigError("space: fork keeps the space; start a new study to change it")
