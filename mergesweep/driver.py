@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from mergesweep.batching import batched_writes
 from mergesweep.dashboard import FigureRefresher
 from mergesweep.errors import MergesweepError
 from mergesweep.pareto import HypervolumeTracker
@@ -170,10 +171,11 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
                 break
             while len(in_flight) < executor.capacity and done + len(in_flight) < budget:
                 t0 = time.perf_counter()
-                trial = study.ask(dists)
-                trial.set_user_attr("driver", driver)
-                plan = setup.space.to_plan(trial.params)
-                trial.set_user_attr("plan", plan.summary(setup.layout.experts))
+                with batched_writes(study):  # params + attrs: one transaction, not ~20
+                    trial = study.ask(dists)
+                    trial.set_user_attr("driver", driver)
+                    plan = setup.space.to_plan(trial.params)
+                    trial.set_user_attr("plan", plan.summary(setup.layout.experts))
                 in_flight[trial.number] = (trial, time.perf_counter() - t0)
                 executor.submit(Job(trial.number, plan))
             for result in executor.wait_any():
@@ -220,11 +222,12 @@ def _finish(
     if result.ok:
         values = study_values(setup, result.metrics, trial.params)
         if all(math.isfinite(v) for v in values):
-            trial.set_user_attr("metrics", result.metrics)
-            trial.set_user_attr("timings", timings)
-            trial.set_user_attr("worker", result.worker)
-            if hv is not None:
-                trial.set_user_attr("hypervolume", hv.add(values))
+            with batched_writes(setup.study):  # committed before tell: a complete trial is whole
+                trial.set_user_attr("metrics", result.metrics)
+                trial.set_user_attr("timings", timings)
+                trial.set_user_attr("worker", result.worker)
+                if hv is not None:
+                    trial.set_user_attr("hypervolume", hv.add(values))
             setup.study.tell(trial, values)
             return True
         result.error = f"non-finite study value {values}"
@@ -268,7 +271,8 @@ def evaluate_points(
     done: dict[int, int] = {}  # point index -> complete trial number
     while pending or in_flight:
         while pending and len(in_flight) < executor.capacity:
-            trial = setup.study.ask(dists)
+            with batched_writes(setup.study):
+                trial = setup.study.ask(dists)
             pending -= 1
             batch = str(trial.user_attrs.get("batch", ""))
             origin = trial.user_attrs.get("requeue_of")

@@ -245,11 +245,14 @@ def reconcile(study: optuna.Study) -> list[int]:
     """
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        requeue = "requeue_of" not in t.user_attrs and t.params
+        # A driver killed while asking leaves no params yet (one batched commit): an enqueued
+        # point is still known from its fixed params; a sampled one is simply asked anew.
+        point = t.params or t.system_attrs.get("fixed_params") or {}
+        requeue = "requeue_of" not in t.user_attrs and point
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "driver died mid-trial")
         if requeue:
             study._storage.set_trial_user_attr(t._trial_id, "requeued", True)
-            study.enqueue_trial(t.params, user_attrs={"requeue_of": t.number})
+            study.enqueue_trial(point, user_attrs={"requeue_of": t.number})
         study.tell(t.number, state=TrialState.FAIL)
         failed.append(t.number)
     return failed
