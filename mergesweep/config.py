@@ -105,6 +105,9 @@ class ExecutorConfig:
     trial_timeout_s: float | None = None
     ray_address: str | None = None
     max_retries: int = 1
+    # Ray: jobs queued on each worker behind the running one, so the worker never waits for
+    # the driver's ask/tell (0: the sampler sees every result before the next point).
+    prefetch: int = 1
 
 
 @dataclass
@@ -204,6 +207,8 @@ def _check(cfg: ExperimentConfig) -> None:
         raise ConfigError("executor.workers: must be at least 1")
     if cfg.executor.threads < 1:
         raise ConfigError("executor.threads: must be at least 1")
+    if cfg.executor.prefetch < 0:
+        raise ConfigError("executor.prefetch: must be 0 or more")
     if not cfg.objectives.tasks:
         raise ConfigError("objectives.tasks: at least one task is needed")
     for task, spec in cfg.objectives.tasks.items():

@@ -2,8 +2,10 @@
 
 Each actor builds its own :class:`~mergesweep.runtime.worker.Evaluator` from the study's config
 (paths, never tensors shipped from the driver) once, then merges in place and evaluates one job
-at a time. The driver keeps one job per actor in flight and refills an actor as soon as its
-result arrives (``ray.wait(num_returns=1)``): no generation barrier.
+at a time. The driver keeps ``1 + executor.prefetch`` jobs per actor in flight and refills as
+soon as a result arrives (``ray.wait(num_returns=1)``): no generation barrier, and with a job
+queued behind the running one the actor starts its next trial the moment it finishes this one,
+while the driver asks and tells in parallel (its overhead leaves the trial's critical path).
 
 Faults:
 
@@ -39,17 +41,25 @@ MAX_LOAD_FAILURES = 3
 
 
 @dataclass
+class _Run:
+    """A job given to an actor: its ``run(job)`` ref once dispatched."""
+
+    job: Job
+    ref: Any = None
+
+
+@dataclass
 class _Slot:
-    """One worker position: its actor, whether it is loaded, and the job it holds."""
+    """One worker position: its actor, whether it is loaded, and the jobs it holds (in order;
+    the actor runs one at a time, so only the first can have started)."""
 
     index: int
     actor: Any
     ready_ref: Any = None  # pending ``ready()`` while (re)loading
     ready_since: float = 0.0
     loaded: bool = False
-    job: Job | None = None
-    ref: Any = None  # the running ``run(job)``
-    started: float = 0.0
+    runs: list[_Run] = field(default_factory=list)
+    started: float = 0.0  # when the first run started (or became first)
     load_failures: int = 0
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -110,7 +120,8 @@ class RayExecutor(Executor):
         self.num_gpus = ex.num_gpus
         self.timeout_s = ex.trial_timeout_s
         self.ready_timeout_s = ready_timeout_s
-        self.capacity = ex.workers
+        self.depth = 1 + ex.prefetch  # jobs per actor: the running one and those queued
+        self.capacity = ex.workers * self.depth
         self.started_ray = connect_ray(ex.ray_address, cpus=ex.workers * ex.threads)
         self._slots: list[_Slot] = []
         self._done: list[JobResult] = []
@@ -145,7 +156,8 @@ class RayExecutor(Executor):
         with contextlib.suppress(Exception):
             ray.kill(slot.actor, no_restart=True)
         slot.actor = self._new_actor()
-        slot.ref = None
+        for run in slot.runs:  # never started on the new actor: dispatched once it has loaded
+            run.ref = None
         self._start_loading(slot)
 
     def _await_loaded(self) -> None:
@@ -155,11 +167,11 @@ class RayExecutor(Executor):
 
     # -- the executor protocol --------------------------------------------------------------
     def submit(self, job: Job) -> None:
-        free = [s for s in self._slots if s.job is None]
-        slot = next((s for s in free if s.loaded), free[0] if free else None)  # loaded first
-        if slot is None:
+        free = [s for s in self._slots if len(s.runs) < self.depth]
+        if not free:
             raise RuntimeError("RayExecutor.submit: every worker is busy (respect capacity)")
-        slot.job = job
+        slot = min(free, key=lambda s: (not s.loaded, len(s.runs)))  # loaded, least held first
+        slot.runs.append(_Run(job))
         if slot.loaded:
             self._dispatch(slot)
 
@@ -215,16 +227,19 @@ class RayExecutor(Executor):
 
     # -- internals ----------------------------------------------------------------------------
     def _dispatch(self, slot: _Slot) -> None:
-        assert slot.job is not None
-        slot.ref = slot.actor.run.remote(slot.job)
-        slot.started = time.monotonic()
+        """Send the slot's undispatched jobs to its (loaded) actor, in order."""
+        for i, run in enumerate(slot.runs):
+            if run.ref is None:
+                run.ref = slot.actor.run.remote(run.job)
+                if i == 0:
+                    slot.started = time.monotonic()
 
     def _pending_refs(self) -> list[Any]:
         refs = []
         for s in self._slots:
-            if s.ref is not None:
-                refs.append(s.ref)
-            elif not s.loaded and s.ready_ref is not None:
+            if s.loaded:
+                refs.extend(r.ref for r in s.runs if r.ref is not None)
+            elif s.ready_ref is not None:
                 refs.append(s.ready_ref)
         return refs
 
@@ -233,7 +248,7 @@ class RayExecutor(Executor):
         now = time.monotonic()
         waits = [s.ready_since + self.ready_timeout_s - now for s in self._slots if not s.loaded]
         if self.timeout_s:
-            waits += [s.started + self.timeout_s - now for s in self._slots if s.ref is not None]
+            waits += [s.started + self.timeout_s - now for s in self._slots if _running(s)]
         return max(0.0, min(waits)) if waits else None
 
     def _poll(self, refs: list[Any], wait: float | None) -> None:
@@ -251,20 +266,30 @@ class RayExecutor(Executor):
     def _collect(self, ref: Any) -> None:
         import ray
 
-        slot = next(s for s in self._slots if ref in (s.ref, s.ready_ref))
-        if ref is slot.ready_ref and not slot.loaded and slot.ref is None:
+        slot = next(
+            (s for s in self._slots if ref == s.ready_ref or any(ref == r.ref for r in s.runs)),
+            None,
+        )
+        if slot is None:  # a queued job of an actor that just died: re-sent after its reload
+            return
+        if ref == slot.ready_ref and not slot.loaded:
             self._loaded(slot, ref)
             return
-        job, slot.ref, slot.job = slot.job, None, None
-        assert job is not None
+        i = next(i for i, r in enumerate(slot.runs) if r.ref == ref)
+        job = slot.runs.pop(i).job
         try:
             result = ray.get(ref)
         except _deaths() as exc:
             result = JobResult(job.number, error=f"worker died: {_first_line(exc)}", retry=True)
             result.worker = slot.info.get("worker", "")
+            # The jobs queued behind this one never ran: they go to the restarted actor.
+            for run in slot.runs[i:]:
+                run.ref = None
             self._start_loading(slot)  # Ray restarts the actor; ready() waits for the reload
         except ray.exceptions.RayError as exc:  # e.g. the job could not be (un)pickled
             result = JobResult(job.number, error=_first_line(exc))
+        if i == 0:
+            slot.started = time.monotonic()  # the next queued job starts now
         self._done.append(result)
 
     def _loaded(self, slot: _Slot, ref: Any) -> None:
@@ -285,25 +310,22 @@ class RayExecutor(Executor):
                 f"pool: worker {info['worker']} cannot load the pool: {info['error']}"
             )
         slot.loaded, slot.ready_ref, slot.load_failures, slot.info = True, None, 0, info
-        if slot.job is not None:
-            self._dispatch(slot)
+        self._dispatch(slot)
 
     def _load_failed(self, slot: _Slot, reason: str) -> None:
         if slot.load_failures >= MAX_LOAD_FAILURES:
             raise ExecutorError(f"pool: worker {slot.index}: {reason} ({slot.load_failures}×)")
-        if slot.job is not None:  # the held job never started: fail it, retry its point
-            self._done.append(JobResult(slot.job.number, error=reason, retry=True))
-            slot.job = None
+        for run in slot.runs:  # the held jobs never started: fail them, retry their points
+            self._done.append(JobResult(run.job.number, error=reason, retry=True))
+        slot.runs = []
         self._replace(slot)
 
     def _expire(self) -> None:
         """Fail trials past their timeout (replacing their actor) and stop on stuck loads."""
         now = time.monotonic()
         for slot in self._slots:
-            if self.timeout_s and slot.ref is not None and now - slot.started >= self.timeout_s:
-                job = slot.job
-                assert job is not None
-                slot.job = None
+            if self.timeout_s and _running(slot) and now - slot.started >= self.timeout_s:
+                job = slot.runs.pop(0).job
                 result = JobResult(job.number, error=f"timeout after {self.timeout_s:g} s")
                 result.worker = slot.info.get("worker", "")
                 self._done.append(result)
@@ -314,6 +336,11 @@ class RayExecutor(Executor):
                     f"{self.ready_timeout_s:g} s (Ray resources available: "
                     f"{available()}); check the cluster's nodes and the pool's size"
                 )
+
+
+def _running(slot: _Slot) -> bool:
+    """The slot's actor is loaded and running its first job."""
+    return slot.loaded and bool(slot.runs) and slot.runs[0].ref is not None
 
 
 def _executor_config(config: dict[str, Any]) -> ExecutorConfig:

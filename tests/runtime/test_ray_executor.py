@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 import time
 
@@ -173,3 +174,24 @@ def test_worker_memory_stays_flat(make_config) -> None:
     assert last["rss_mb"] <= first["rss_mb"] * 1.05, (first, last)
     assert set(base) == {"low", "high", "parity", "loop"}
     assert all(0.0 <= v <= 1.0 for v in base.values())
+
+
+@pytest.mark.parametrize("prefetch", [0, 1])
+def test_prefetch_queues_jobs_behind_the_running_one(make_config, prefetch: int) -> None:
+    """With ``prefetch: 1`` one worker holds two trials (the driver asks the next point while
+    the worker evaluates); with 0 each trial is asked only after the previous one is told."""
+    cfg = make_config(
+        name=f"prefetch{prefetch}",
+        budget__trials=5,
+        executor={"kind": "ray", "workers": 1, "threads": 1, "prefetch": prefetch},
+    )
+    setup = open_study(cfg)
+    summary = run_sweep(setup, progress=False)
+    assert (summary.complete, summary.failed) == (5, 0)
+    trials = sorted(_trials(cfg), key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
+    # Trial k+1 asked before trial k was told: never without a queue; with one, whenever the
+    # driver collected results one at a time (it may collect two at once on a busy machine).
+    overlaps = [b.datetime_start < a.datetime_complete for a, b in itertools.pairwise(trials)]
+    assert sum(overlaps) >= 2 if prefetch else sum(overlaps) == 0, overlaps
+    assert len({t.user_attrs["worker"] for t in trials}) == 1
