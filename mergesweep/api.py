@@ -8,9 +8,9 @@ from typing import Any
 from mergesweep.config import apply_overrides, parse_config, read_yaml
 from mergesweep.driver import SweepSummary, run_sweep
 from mergesweep.storage import DEFAULT_STORAGE
-from mergesweep.study import fork_study, open_study, reconcile, stored_config
+from mergesweep.study import StudySetup, fork_study, open_study, reconcile, stored_config
 
-__all__ = ["fork", "load_config_dict", "resume", "run"]
+__all__ = ["fork", "load_config_dict", "resume", "run", "sweep"]
 
 
 def load_config_dict(
@@ -27,6 +27,16 @@ def load_config_dict(
     return parse_config(data, default_name=default).to_dict()
 
 
+def sweep(setup: StudySetup, *, progress: bool = False) -> SweepSummary:
+    """Run an opened study to its budget: through Ray Tune for ``executor.kind: tune``
+    (:func:`mergesweep.runtime.tune.run_tune_sweep`), else with the driver's loop."""
+    if setup.cfg.executor.kind == "tune":
+        from mergesweep.runtime.tune import run_tune_sweep
+
+        return run_tune_sweep(setup, progress=progress)
+    return run_sweep(setup, progress=progress)
+
+
 def run(
     config: str | Path | dict[str, Any],
     overrides: list[str] | None = None,
@@ -40,7 +50,7 @@ def run(
         ... # doctest: +SKIP
     """
     setup = open_study(load_config_dict(config, overrides))
-    return run_sweep(setup, progress=progress)
+    return sweep(setup, progress=progress)
 
 
 def resume(
@@ -55,7 +65,7 @@ def resume(
     config = load_config_dict(apply_overrides(stored_config(name, storage), overrides or []))
     setup = open_study(config, create=False)
     reconcile(setup.study)
-    return run_sweep(setup, progress=progress)
+    return sweep(setup, progress=progress)
 
 
 def fork(
@@ -69,4 +79,4 @@ def fork(
     """Start study ``to`` from ``name``'s config and complete trials, then run it."""
     fork_study(name, storage, to, overrides or [])
     config = stored_config(to, storage)
-    return run_sweep(open_study(config, create=False), progress=progress)
+    return sweep(open_study(config, create=False), progress=progress)

@@ -33,6 +33,18 @@ def _ray(config: dict[str, Any], layout: PoolLayout) -> Executor:
 EXECUTORS.register("ray")(_ray)
 
 
+def _tune(config: dict[str, Any], layout: PoolLayout) -> Executor:
+    """``executor: tune``: sweeps run through Ray Tune (:func:`mergesweep.api.sweep` hands them
+    to :func:`mergesweep.runtime.tune.run_tune_sweep`); work on single points outside a sweep
+    (``mergesweep show --evaluate``) runs on the resident Ray workers of ``executor: ray``."""
+    from mergesweep.runtime.ray_executor import RayExecutor
+
+    return RayExecutor(config, layout)
+
+
+EXECUTORS.register("tune")(_tune)
+
+
 def build_executor(config: dict[str, Any], layout: PoolLayout) -> Executor:
     """Start the executor the config's ``executor.kind`` names (imports its backend lazily)."""
     return EXECUTORS.get(config["executor"]["kind"])(config, layout)

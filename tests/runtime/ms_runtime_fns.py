@@ -46,3 +46,17 @@ def slow(model: nn.Module, task: str) -> float:
     """A slow evaluation (0.3 s), so that concurrent drivers overlap."""
     time.sleep(0.3)
     return 1.0
+
+
+def raise_once(model: nn.Module, task: str) -> float:
+    """Raise (as a broken objective would) on task ``task``'s first call only."""
+    if _claim(f"raise-{task}") == 0:
+        raise RuntimeError(f"objective {task} broke on call 0")
+    return 1.0
+
+
+def hang_once(model: nn.Module, task: str) -> float:
+    """Hang on task ``task``'s first call only."""
+    if _claim(f"hang-{task}") == 0:
+        time.sleep(3600)
+    return 1.0
