@@ -66,21 +66,36 @@ def batched_writes(study: optuna.Study) -> Iterator[None]:
 
 
 def _commit(storage: Any, backend: Any, writes: list[tuple[Any, ...]]) -> None:
+    from optuna.distributions import check_distribution_compatibility, distribution_to_json
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
     with storage._lock, _create_scoped_session(backend.scoped_session, True) as session:
+        checked: set[int] = set()  # trials found and updatable (one query each, not per param)
         for kind, trial_id, *rest in writes:
-            if kind == "param":
-                name, internal, dist = rest
-                study_id, _ = storage._trial_id_to_study_id_and_number[trial_id]
-                known = storage._studies[study_id].param_distribution
-                backend._set_trial_param_without_commit(
-                    session, trial_id, name, internal, dist, known.get(name)
-                )
-                known.setdefault(name, dist)
-            else:
+            if kind == "attr":
                 key, value = rest
                 backend._set_trial_attr_without_commit(
                     session, models.TrialUserAttributeModel, trial_id, key, value
                 )
+                continue
+            name, internal, dist = rest
+            study_id, _ = storage._trial_id_to_study_id_and_number[trial_id]
+            known = storage._studies[study_id].param_distribution
+            if name not in known:  # first use of the name: Optuna's path checks the study
+                backend._set_trial_param_without_commit(session, trial_id, name, internal, dist)
+                known[name] = dist
+                continue
+            if trial_id not in checked:
+                trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+                backend.check_trial_is_updatable(trial_id, trial.state)
+                checked.add(trial_id)
+            check_distribution_compatibility(known[name], dist)
+            session.add(
+                models.TrialParamModel(
+                    trial_id=trial_id,
+                    param_name=name,
+                    param_value=internal,
+                    distribution_json=distribution_to_json(dist),
+                )
+            )
