@@ -97,6 +97,9 @@ def run(name: str, url: str, trials: int, executor: list[str]) -> dict[str, Any]
         "failed": summary.failed,
         "workers": len({t.user_attrs["worker"] for t in done}),
         "throughput_per_s": len(done) / steady,
+        # Share of the workers' steady-state time spent merging and evaluating; the rest is
+        # the driver (ask, tell, storage) and dispatch on the trials' critical path.
+        "busy_fraction": sum(work) / (steady * len({t.user_attrs["worker"] for t in done})),
         "steady_s": steady,
         "wall_s": summary.wall_s,
         "driver_overhead_ms": 1e3 * summary.overhead_s / max(1, summary.complete),

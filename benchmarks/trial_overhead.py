@@ -1,10 +1,18 @@
 """Per-trial overhead outside merge and evaluation on the quick start (issue: Studies).
 
-Runs experiments/quickstart.yaml (digits zoo, layer-wise, TPE) with the inline executor into a
-fresh SQLite file and splits each trial's wall time into merge, evaluation and the driver's
-overhead (ask, plan, storage writes, tell). Target: overhead ≤ 5% of trial time.
+Runs experiments/quickstart.yaml (digits zoo, layer-wise, 20 coefficients, TPE, SQLite in a
+temporary folder) with the same budget three ways: ``inline`` (the driver asks, merges,
+evaluates and tells in turn), and one Ray worker with ``executor.prefetch`` 0 and 1 (with 1 the
+worker holds the next job while it runs the current one, so the driver's ask and tell overlap
+the evaluation). For each run, in steady state (first trial's start to last trial's end):
 
-    python benchmarks/trial_overhead.py [--trials 30]
+- ``overhead_fraction`` = 1 − (merge + evaluation time) / (wall time × workers): the share of
+  the trial time spent outside merge and evaluation, what the target (≤ 5%) is about;
+- ``driver_overhead_ms``: the driver's own time per trial (ask, plan, user attrs, tell), whether
+  or not it overlaps the evaluation;
+- merge and evaluation times per trial.
+
+    python benchmarks/trial_overhead.py [--trials 40]
 
 Writes benchmarks/results/trial_overhead.json.
 """
@@ -13,43 +21,49 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import optuna
+import ray
 import torch
-from optuna.trial import TrialState
-
-import mergesweep
-from mergesweep.storage import open_storage
+from runtime_throughput import run
 
 HERE = Path(__file__).resolve().parent
+RUNS = {
+    "inline": ["executor.kind=inline"],
+    "ray_1_prefetch_0": ["executor.kind=ray", "executor.workers=1", "executor.prefetch=0"],
+    "ray_1_prefetch_1": ["executor.kind=ray", "executor.workers=1", "executor.prefetch=1"],
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--trials", type=int, default=40)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{tmp}/bench.db"
-        start = time.perf_counter()
-        summary = mergesweep.run(
-            HERE.parent / "experiments" / "quickstart.yaml",
-            [f"storage={url}", f"budget.trials={args.trials}"],
-        )
-        wall = time.perf_counter() - start
-        study = optuna.load_study(study_name="quickstart", storage=open_storage(url))
-        trials = study.get_trials(states=(TrialState.COMPLETE,))
-        merge = [t.user_attrs["timings"]["merge_s"] for t in trials]
-        evals = [t.user_attrs["timings"]["eval_s"] for t in trials]
-        load_s = trials[0].user_attrs["timings"]["load_s"]
-    per_trial_overhead = summary.overhead_s / summary.complete
-    per_trial = statistics.mean(merge) + statistics.mean(evals) + per_trial_overhead
+    load_start = os.getloadavg()[0]
+    ray.init(
+        address="local",
+        num_cpus=os.cpu_count() or 1,
+        num_gpus=0,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+    )
+    runs = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"sqlite:///{tmp}/bench.db"
+            for name, spec in RUNS.items():
+                r = run(name, url, args.trials, [*spec, "executor.threads=1"])
+                r["overhead_fraction"] = 1.0 - r.pop("busy_fraction")
+                runs[name] = r
+    finally:
+        ray.shutdown()
     result = {
         "benchmark": "trial_overhead",
         "date": time.strftime("%Y-%m-%d"),
@@ -58,18 +72,12 @@ def main() -> None:
             "platform": platform.platform(),
             "torch": torch.__version__,
             "torch_threads": 1,
+            "load_average_1min": [load_start, os.getloadavg()[0]],
         },
         "command": f"python benchmarks/trial_overhead.py --trials {args.trials}",
-        "config": "experiments/quickstart.yaml (inline executor, SQLite)",
-        "trials": summary.complete,
-        "merge_s_mean": statistics.mean(merge),
-        "eval_s_mean": statistics.mean(evals),
-        "overhead_s_mean": per_trial_overhead,
-        "overhead_fraction": per_trial_overhead / per_trial,
+        "config": "experiments/quickstart.yaml (20 coefficients, TPE, SQLite)",
+        "runs": runs,
         "target_overhead_fraction": 0.05,
-        "load_s": load_s,
-        "wall_s_total": wall,
-        "best_value": summary.best[0]["values"][0],
     }
     out = HERE / "results" / "trial_overhead.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
