@@ -98,7 +98,7 @@ class BudgetConfig:
 class ExecutorConfig:
     """``executor``: where trials run."""
 
-    kind: str = "inline"
+    kind: str = "ray"
     workers: int = 1
     threads: int = 1
     num_gpus: float = 0.0

@@ -53,6 +53,7 @@ def sweep_config(zoo: Path, folder: Path, name: str, trials: int) -> dict:
         },
         "searcher": {"name": "random", "enqueue": ["init"]},
         "budget": {"trials": trials},
+        "executor": {"kind": "inline"},
     }
 
 

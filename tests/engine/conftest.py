@@ -27,6 +27,7 @@ def digits_config(zoo, tmp_path, **changes) -> dict:
         },
         "searcher": {"name": "random", "enqueue": ["init"]},
         "budget": {"trials": 4},
+        "executor": {"kind": "inline"},
     }
     for key, value in changes.items():
         node = cfg

@@ -19,7 +19,7 @@ def test_defaults_fill_in() -> None:
     assert cfg.budget.trials == 30
     assert cfg.searcher.name == "tpe"
     assert cfg.storage == "sqlite:///mergesweep.db"
-    assert cfg.executor.kind == "inline"
+    assert cfg.executor.kind == "ray" and cfg.executor.prefetch == 1
 
 
 @pytest.mark.parametrize(

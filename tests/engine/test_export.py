@@ -46,6 +46,7 @@ def digits_study(digits_zoo, tmp_path_factory) -> tuple[str, Path]:
             },
             "searcher": {"name": "random", "enqueue": ["init"]},
             "budget": {"trials": 2},
+            "executor": {"kind": "inline"},
         }
     )
     return storage, digits_zoo
@@ -148,6 +149,7 @@ def _lm_study(tiny_lm, tmp_path, fn: str, **method) -> dict:
         "objectives": {"tasks": {t: {"kind": "callable", "function": fn} for t in "ab"}},
         "searcher": {"name": "random"},
         "budget": {"trials": 1},
+        "executor": {"kind": "inline"},
     }
 
 

@@ -44,6 +44,7 @@ def config(zoo, tmp_path, *, space=None, options=None, method=None, name="ada") 
             "options": {"steps": 6, "record_every": 2, "lr": 0.02, **(options or {})},
         },
         "budget": {"trials": 1},
+        "executor": {"kind": "inline"},
     }
 
 

@@ -132,6 +132,7 @@ def _digits(zoo, tmp_path, searcher: dict, **extra) -> dict:
         },
         "searcher": searcher,
         "budget": {"trials": 100},
+        "executor": {"kind": "inline"},
     }
     cfg.update(extra)
     return cfg
