@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 import optuna
 import pytest
@@ -23,6 +24,7 @@ from mergesweep.study import open_study
 
 tune = pytest.importorskip("ray.tune")
 from mergesweep.runtime.tune import (  # noqa: E402
+    check_tune_searcher,
     make_trainable,
     run_tune_sweep,
     search_space,
@@ -179,3 +181,11 @@ def _flat(points: list[dict[str, float]]) -> dict:
         name: tune.sample_from(lambda spec, n=name: points[spec.config["point"]][n])
         for name in points[0]
     }
+
+
+def test_quickstart_tune_experiment_opens(digits_zoo, tmp_path) -> None:
+    path = Path(__file__).resolve().parents[2] / "experiments" / "quickstart_tune.yaml"
+    setup = open_study(api.load_config_dict(path, [f"storage=sqlite:///{tmp_path}/q.db"]))
+    assert (setup.cfg.executor.kind, setup.cfg.executor.workers) == ("tune", 2)
+    assert setup.searcher.name == "tpe" and setup.space.dim == 20
+    check_tune_searcher(setup)  # a plain sampler: accepted
