@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 import optuna
 import ray
 import torch
-from runtime_throughput import run
+from runtime_throughput import run, start_local_ray
 
 HERE = Path(__file__).resolve().parent
 RUNS = {
@@ -47,13 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     load_start = os.getloadavg()[0]
-    ray.init(
-        address="local",
-        num_cpus=os.cpu_count() or 1,
-        num_gpus=0,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-    )
+    start_local_ray()
     runs = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:

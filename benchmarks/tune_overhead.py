@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import statistics
@@ -40,6 +39,7 @@ import ray
 import torch
 from optuna.trial import TrialState
 from ray import tune
+from runtime_throughput import start_local_ray
 
 from mergesweep.api import load_config_dict
 from mergesweep.driver import run_sweep
@@ -109,13 +109,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune console tables
     load_start = os.getloadavg()[0]
     cores = os.cpu_count() or 1
-    ray.init(
-        address="local",
-        num_cpus=cores,
-        num_gpus=0,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-    )
+    start_local_ray()
     runs: dict[str, Any] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
