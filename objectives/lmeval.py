@@ -86,6 +86,17 @@ def _quiet_hflm():
     from lm_eval.models.huggingface import HFLM
 
     class QuietHFLM(HFLM):
+        # (context, continuation) -> token ids: the tasks' requests are the same every trial
+        # and this HFLM's tokenizer never changes, so each pair is encoded once per worker.
+        _pairs: dict[tuple[str, str], tuple[list[int], list[int]]]
+
+        def _encode_pair(self, context: str, continuation: str):
+            pairs = self.__dict__.setdefault("_pairs", {})
+            key = (context, continuation)
+            if key not in pairs:
+                pairs[key] = super()._encode_pair(context, continuation)
+            return pairs[key]
+
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             return super().loglikelihood(requests, disable_tqdm=True)
 
@@ -102,6 +113,31 @@ def _quiet_hflm():
             )
 
     return QuietHFLM
+
+
+def _reuse_requests(task: Any) -> None:
+    """Make ``task.build_all_requests`` build once per argument set and then reuse the requests.
+
+    ``evaluate`` rebuilds every request (prompts rendered through jinja, few-shot contexts)
+    on each call although the documents, the subset and the few-shot seed are the same every
+    trial; the stored ``Instance`` objects are handed back with their responses cleared, so
+    lm-eval fills and scores them exactly as freshly built ones.
+    """
+    build = task.build_all_requests
+    built: dict[str, list[Any]] = {}
+
+    def build_all_requests(**kwargs: Any) -> None:
+        key = repr(sorted(kwargs.items()))
+        if key not in built:
+            build(**kwargs)
+            built[key] = list(task._instances)
+            return
+        for instance in built[key]:
+            instance.resps = []
+            instance.filtered_resps = {}
+        task._instances = list(built[key])
+
+    task.build_all_requests = build_all_requests
 
 
 class LmEvalObjective(Objective):
@@ -271,6 +307,7 @@ class LmEvalObjective(Objective):
                 ) from None
         for name, task in loaded["tasks"].items():
             self._configure(name, task)
+            _reuse_requests(task)
         self._loaded = loaded
         if self.samples is not None:
             self._sample_idx = {

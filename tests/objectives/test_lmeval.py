@@ -178,6 +178,47 @@ def test_few_shot_examples_are_the_same_every_trial(tiny_lm, tiny_pool) -> None:
     )
 
 
+def test_reused_requests_and_encodings_score_as_stock_lm_eval(tiny_lm, tiny_pool) -> None:
+    """Requests built and tokenised once per worker give stock lm-eval's numbers every trial."""
+    from lm_eval import evaluator
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    names = ["tiny_yesno", "tiny_color"]
+    obj = build_objective("a", _spec(tiny_lm, tasks=names, num_fewshot=2))
+    obj.setup(tiny_pool, seed=0)
+    model = tiny_pool.model("a")
+    lm = obj.lm(model)
+    task = obj._loaded["tasks"]["tiny_yesno"]
+    seen: list = []
+    lls = set()
+    for lam in (0.0, 0.7, 1.4):
+        _merge(tiny_pool, lam)
+        ours = obj.results(model)
+        seen.append(task.instances[0])
+        # Stock lm-eval: a fresh task dict and a fresh HFLM over the same live weights.
+        stock_tasks = TaskManager(include_path=str(tiny_lm["tasks"])).load(names)
+        for t in stock_tasks["tasks"].values():
+            t.set_config(key="num_fewshot", value=2)
+            t.set_fewshot_seed(seed=0)
+        stock_lm = HFLM(pretrained=model, tokenizer=obj._tokenizer, batch_size=32)
+        stock = evaluator.evaluate(stock_lm, stock_tasks, bootstrap_iters=0, log_samples=False)
+        for name in names:
+            for metric in ("acc,none", "acc_norm,none"):
+                assert ours[name][metric] == stock["results"][name][metric], (lam, name, metric)
+        # Per request, the log-likelihoods are bit-identical to stock HFLM's.
+        requests = [i for t in obj._loaded["tasks"].values() for i in t.instances]
+        assert [i.args for i in requests] == [
+            i.args for t in stock_tasks["tasks"].values() for i in t.instances
+        ]
+        assert lm.loglikelihood(requests) == stock_lm.loglikelihood(requests)
+        lls.add(requests[0].resps[0][0])
+    assert seen[0] is seen[1] is seen[2]  # built once, reused with responses cleared
+    assert len(task.instances[0].resps) == 1  # this trial's response only
+    assert len(lm._pairs) == len({i.args for i in requests})  # each pair encoded once
+    assert len(lls) == 3  # each merge is seen
+
+
 def test_bfloat16_autocast_over_a_float32_model(tiny_lm, tiny_pool) -> None:
     _merge(tiny_pool, 0.5)
     model = tiny_pool.model("b")
