@@ -26,6 +26,7 @@ __all__ = [
     "MethodConfig",
     "ObjectivesConfig",
     "PoolConfig",
+    "PruningConfig",
     "SearcherConfig",
     "SpaceConfig",
     "apply_overrides",
@@ -111,6 +112,24 @@ class ExecutorConfig:
 
 
 @dataclass
+class PruningConfig:
+    """``pruning``: multi-fidelity evaluation (off unless ``pruner`` is set).
+
+    A trial is scored on growing prefixes of every task's fixed subset (``rungs``: fractions,
+    nested, the full subset last); after each rung ``pruner`` may stop it: ``median`` (below
+    the median of complete trials at that rung), ``halving`` (outside the best
+    1/``reduction`` of every trial at that rung) or ``best`` (worse than the best complete
+    trial by more than ``margin``). No trial is pruned before ``startup_trials`` are complete.
+    """
+
+    pruner: Literal["none", "median", "halving", "best"] = "none"
+    rungs: list[float] = field(default_factory=lambda: [0.25])
+    startup_trials: int = 5
+    reduction: int = 3
+    margin: float = 0.0
+
+
+@dataclass
 class ExperimentConfig:
     """A whole experiment; ``name`` is the study name (default: the config file's stem)."""
 
@@ -124,6 +143,7 @@ class ExperimentConfig:
     searcher: SearcherConfig = field(default_factory=SearcherConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -224,8 +244,39 @@ def _check(cfg: ExperimentConfig) -> None:
         missing = [t for t in cfg.objectives.tasks if t not in cfg.objectives.weights]
         if missing:
             raise ConfigError(f"objectives.weights: no weight for task(s) {missing}")
+    _check_pruning(cfg)
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", cfg.name):
         raise ConfigError(f"name: '{cfg.name}' may use only letters, digits, '_', '-', '.'")
+
+
+def _check_pruning(cfg: ExperimentConfig) -> None:
+    p = cfg.pruning
+    if p.pruner == "none":
+        return
+    if not p.rungs:
+        raise ConfigError("pruning.rungs: at least one fraction in (0, 1) is needed")
+    for i, f in enumerate(p.rungs):
+        if not 0.0 < f < 1.0 or (i and f <= p.rungs[i - 1]):
+            raise ConfigError(
+                f"pruning.rungs[{i}]: {f!r}; rungs are increasing fractions in (0, 1) of each "
+                "task's subset (the full subset is the last rung)"
+            )
+    if p.startup_trials < 0:
+        raise ConfigError("pruning.startup_trials: must be 0 or more")
+    if p.reduction < 2:
+        raise ConfigError("pruning.reduction: must be at least 2")
+    if p.margin < 0:
+        raise ConfigError("pruning.margin: must be 0 or more")
+    if cfg.objectives.mode == "pareto":
+        raise ConfigError(
+            "pruning.pruner: pruners compare one value; objectives.mode 'pareto' cannot be "
+            "pruned (use mode: mean/weighted/min, or pruning.pruner: none)"
+        )
+    if cfg.executor.kind == "tune":
+        raise ConfigError(
+            "pruning.pruner: executor.kind 'tune' runs its own trial loop; prune with "
+            "executor.kind ray or inline"
+        )
 
 
 def parse_config(data: Any, *, default_name: str = "study") -> ExperimentConfig:

@@ -20,6 +20,7 @@ from mergesweep.batching import batched_writes
 from mergesweep.dashboard import FigureRefresher
 from mergesweep.errors import MergesweepError
 from mergesweep.pareto import HypervolumeTracker
+from mergesweep.pruning import Rungs
 from mergesweep.runtime import Executor, Job, JobResult, build_executor
 from mergesweep.search import distributions
 from mergesweep.storage import count_trials
@@ -50,6 +51,7 @@ class SweepSummary:
     best: list[dict[str, Any]] = field(default_factory=list)
     overhead_s: float = 0.0
     wall_s: float = 0.0
+    pruned: int = 0
 
 
 def study_values(
@@ -80,6 +82,12 @@ def complete_count(study: optuna.Study) -> int:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if "forked_from" not in t.user_attrs
     )
+
+
+def _finished(study: optuna.Study, pruning: bool) -> int:
+    """Trials that count toward the budget: complete ones, and pruned ones when pruning."""
+    pruned = count_trials(study, TrialState.PRUNED) if pruning else 0
+    return count_trials(study, TrialState.COMPLETE) + pruned
 
 
 def _best_line(study: optuna.Study) -> str:
@@ -136,6 +144,11 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
     own in-flight trials. The study ends with ``budget`` complete trials plus the trials the
     other drivers still had in flight when that count was reached: at most the sum of their
     executors' capacities (two inline drivers: ``budget`` or ``budget + 1``).
+
+    With ``pruning``, a trial climbs the rungs (nested prefixes of the evaluation subsets):
+    after each rung it is reported and either pruned or resubmitted at the next rung, ahead of
+    new trials, while other trials keep the executor full. Pruned trials count toward the
+    budget like complete ones (Optuna's ``n_trials`` convention).
     """
     cfg, study = setup.cfg, setup.study
     budget = cfg.budget.trials
@@ -145,9 +158,11 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
     dists = distributions(setup.space)
     driver = uuid.uuid4().hex[:12]
     start = time.perf_counter()
+    rungs = Rungs(cfg.pruning)
     done = complete_count(study)
     forked = count_trials(study, TrialState.COMPLETE) - done  # fork's copies: no new ones later
-    failed = 0
+    done = _finished(study, rungs.enabled) - forked
+    failed = pruned = 0
     overhead = 0.0
     if done >= budget:
         return _summary(setup, done, 0, 0.0, 0.0)
@@ -158,7 +173,10 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
         FigureRefresher(setup).close()
         return _summary(setup, complete_count(study), 0, 0.0, time.perf_counter() - start)
     retries: dict[int, int] = {}
-    in_flight: dict[int, tuple[optuna.Trial, float]] = {}
+    in_flight: dict[int, tuple[optuna.Trial, float]] = {}  # own unfinished trials
+    plans: dict[int, Any] = {}
+    climbing: list[int] = []  # survivors of a rung, waiting for a free worker
+    running = 0  # jobs in the executor
     hv = HypervolumeTracker.start(setup, executor)  # None unless several objectives
     bar = _Progress(progress, budget, done, cfg.name)
     figures = FigureRefresher(setup)  # dashboard figures: every 10 trials, ≤ 5 % of the time
@@ -166,10 +184,14 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
         while True:
             # Recounted from the storage: other drivers on the same study count toward the
             # budget. Dispatch while complete + own in-flight < budget, then drain own trials.
-            done = count_trials(study, TrialState.COMPLETE) - forked
+            done = _finished(study, rungs.enabled) - forked
             if done >= budget and not in_flight:
                 break
-            while len(in_flight) < executor.capacity and done + len(in_flight) < budget:
+            while climbing and running < executor.capacity:
+                number = climbing.pop(0)
+                executor.submit(Job(number, plans[number], rungs.fraction(number)))
+                running += 1
+            while running < executor.capacity and done + len(in_flight) < budget:
                 t0 = time.perf_counter()
                 with batched_writes(study):  # params + attrs: one transaction, not ~20
                     trial = study.ask(dists)
@@ -177,15 +199,31 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
                     plan = setup.space.to_plan(trial.params)
                     trial.set_user_attr("plan", plan.summary(setup.layout.experts))
                 in_flight[trial.number] = (trial, time.perf_counter() - t0)
-                executor.submit(Job(trial.number, plan))
+                plans[trial.number] = plan
+                executor.submit(Job(trial.number, plan, rungs.fraction(trial.number)))
+                running += 1
             for result in executor.wait_any():
-                trial, ask_s = in_flight.pop(result.number)
-                result.timings["overhead_s"] = ask_s
+                running -= 1
+                trial, ask_s = in_flight[result.number]
                 t0 = time.perf_counter()
-                if _finish(setup, trial, result, retries, cfg.executor.max_retries, hv):
-                    done += 1
+                step = _climb(setup, trial, result, rungs, ask_s)
+                if step == "climb":
+                    in_flight[result.number] = (trial, ask_s + time.perf_counter() - t0)
+                    climbing.append(result.number)
+                    overhead += time.perf_counter() - t0
+                    continue
+                del in_flight[result.number], plans[result.number]
+                if step == "pruned":
+                    done, pruned = done + 1, pruned + 1
                 else:
-                    failed += 1
+                    result.timings["overhead_s"] = ask_s
+                    if rungs.enabled and result.ok:  # the full subset: the last rung
+                        rungs.record(result.number, None, result)
+                    attrs = {"rungs": rungs.close(result.number, result.timings)}
+                    if _finish(setup, trial, result, retries, cfg.executor.max_retries, hv, attrs):
+                        done += 1
+                    else:
+                        failed += 1
                 spent = ask_s + time.perf_counter() - t0
                 overhead += spent
                 bar.update(done, study)
@@ -206,7 +244,37 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
         executor.shutdown()
     setup.searcher.finalize(setup)
     figures.close()
-    return _summary(setup, done, failed, overhead, time.perf_counter() - start)
+    summary = _summary(setup, done - pruned, failed, overhead, time.perf_counter() - start)
+    summary.pruned = pruned
+    return summary
+
+
+def _climb(
+    setup: StudySetup, trial: optuna.Trial, result: JobResult, rungs: Rungs, ask_s: float
+) -> str:
+    """One rung below the last: report it; ``"climb"`` (resubmit at the next rung) or
+    ``"pruned"`` (told PRUNED, its rungs recorded). ``"final"``: not a lower rung's success,
+    for :func:`_finish` (the full subset's result, or a failure)."""
+    if not rungs.enabled or rungs.is_last(result.number) or not result.ok:
+        return "final"
+    (value,) = study_values(setup, result.metrics, trial.params)
+    if not math.isfinite(value):
+        result.error = f"non-finite study value {value} at rung {rungs.fraction(result.number)}"
+        return "final"
+    rung = rungs.record(result.number, value, result)["rung"]
+    trial.report(value, step=rung)
+    if not trial.should_prune():
+        rungs.promote(result.number)
+        return "climb"
+    timings = {"load_s": result.timings.get("load_s", 0.0), "overhead_s": ask_s}
+    records = rungs.close(result.number, timings)
+    with batched_writes(setup.study):
+        trial.set_user_attr("metrics", result.metrics)
+        trial.set_user_attr("timings", timings)
+        trial.set_user_attr("worker", result.worker)
+        trial.set_user_attr("rungs", records)
+    setup.study.tell(trial, state=TrialState.PRUNED)
+    return "pruned"
 
 
 def _finish(
@@ -216,8 +284,10 @@ def _finish(
     retries: dict[int, int],
     cap: int,
     hv: HypervolumeTracker | None = None,
+    attrs: dict[str, Any] | None = None,
 ) -> bool:
-    """Record one result; return True when the trial is COMPLETE."""
+    """Record one result (plus ``attrs`` when it completes; empty ones are left out);
+    return True when the trial is COMPLETE."""
     timings = dict(result.timings)
     if result.ok:
         values = study_values(setup, result.metrics, trial.params)
@@ -226,6 +296,9 @@ def _finish(
                 trial.set_user_attr("metrics", result.metrics)
                 trial.set_user_attr("timings", timings)
                 trial.set_user_attr("worker", result.worker)
+                for key, value in (attrs or {}).items():
+                    if value:
+                        trial.set_user_attr(key, value)
                 if hv is not None:
                     trial.set_user_attr("hypervolume", hv.add(values))
             setup.study.tell(trial, values)

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from mergesweep.config import ExperimentConfig, parse_config
 from mergesweep.errors import ConfigError, ResumeMismatchError, StorageError
 from mergesweep.pool import PoolLayout, read_layout
+from mergesweep.pruning import build_pruner, check_pruning
 from mergesweep.runtime.worker import pool_spec, resolved_config
 from mergesweep.search import SearchContext, Searcher, build_searcher, distributions
 from mergesweep.spaces import build_space
@@ -101,7 +102,9 @@ def _diff(old: Any, new: Any, key: str = "") -> list[str]:
 
 
 def _check_match(name: str, old: dict[str, Any], new: dict[str, Any]) -> None:
-    changed = _diff(old["config"], new["config"])
+    # Studies made before ``pruning`` existed ran without it.
+    stored = {"pruning": new["config"].get("pruning"), **old["config"]}
+    changed = _diff(stored, new["config"])
     if changed:
         raise ResumeMismatchError(
             f"study '{name}': the config changed since the study was created "
@@ -165,6 +168,7 @@ def open_study(
     searcher = build_searcher(cfg.searcher.name, cfg.searcher.options)
     objectives = {t: build_objective(t, dict(s)) for t, s in cfg.objectives.tasks.items()}
     directions, metric_names = _directions(cfg, objectives)
+    check_pruning(cfg, objectives, searcher)
     if len(directions) > 1 and not searcher.multi_objective:
         raise ConfigError(
             f"searcher.name: '{searcher.name}' handles one objective; objectives.mode 'pareto' "
@@ -199,6 +203,7 @@ def open_study(
         study_name=cfg.name,
         directions=directions,
         sampler=searcher.sampler(ctx),
+        pruner=build_pruner(cfg.pruning),
         load_if_exists=True,
     )
     if created:

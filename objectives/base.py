@@ -33,6 +33,8 @@ class Objective(ABC):
     kind: ClassVar[str]
     metric: str
     direction: Direction
+    # Whether evaluate_prefix works (``pruning`` needs it): nested prefixes of the subset.
+    prefixes: ClassVar[bool] = False
 
     def __init__(self, task: str) -> None:
         self.task = task
@@ -52,6 +54,14 @@ class Objective(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module) -> float:
         """The metric of ``model`` on this task's fixed evaluation subset."""
+
+    def evaluate_prefix(self, model: nn.Module, fraction: float) -> float:
+        """The metric on the first ``fraction`` of the fixed subset, for pruning's rungs.
+
+        Prefixes are nested (a larger fraction holds every example of a smaller one) and the
+        same in every trial, so rung scores compare across trials.
+        """
+        raise NotImplementedError(f"objective '{self.kind}' cannot score a prefix of its subset")
 
     def batches(self, limit: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """Model-input batches (no labels) from the task's data, for Fisher and AdaMerging.

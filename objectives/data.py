@@ -9,6 +9,7 @@ says how a batch's logits (and labels) add to its metric.
 from __future__ import annotations
 
 import json
+import math
 from abc import abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,6 +150,7 @@ class DataObjective(Objective):
     """
 
     needs_labels: bool = True
+    prefixes = True
 
     def __init__(
         self,
@@ -191,6 +193,7 @@ class DataObjective(Objective):
         if head is not None:
             self.head = str(head)
         self.indices: np.ndarray | None = None
+        self.order: np.ndarray | None = None
         self._inputs: list[dict[str, torch.Tensor]] = []
         self._labels: list[torch.Tensor] = []
 
@@ -208,8 +211,10 @@ class DataObjective(Objective):
             )
         data = load_split(self.data_path, self.split, key=self.key("data"))
         self.indices = subset_indices(len(data), self.samples, seed)
-        if len(self.indices) < len(data):
-            data = data.select(self.indices.tolist())
+        # Evaluated in a seeded random order, so every prefix is a random sample of the
+        # subset (pruning's rungs); the full subset's metric does not depend on the order.
+        self.order = self.indices[np.random.default_rng([seed, 1]).permutation(len(self.indices))]
+        data = data.select(self.order.tolist())
         columns = self.inputs
         if columns is None:
             if "pixel_values" in data.column_names:
@@ -302,11 +307,23 @@ class DataObjective(Objective):
     def evaluate(self, model: nn.Module) -> float:
         """Mean of the per-example metric over the fixed subset."""
         self._ready()
+        return self._mean(model, len(self.order))
+
+    def evaluate_prefix(self, model: nn.Module, fraction: float) -> float:
+        """Mean over the first ``ceil(fraction · n)`` examples of the seeded evaluation order."""
+        self._ready()
+        return self._mean(model, max(1, math.ceil(fraction * len(self.order))))
+
+    def _mean(self, model: nn.Module, n: int) -> float:
         total, count = 0.0, 0
         with torch.inference_mode():
             for i, batch in enumerate(self._inputs):
+                take = min(n - count, len(next(iter(batch.values()))))
+                if take <= 0:
+                    break
+                batch = {k: v[:take] for k, v in batch.items()}
                 logits = self.logits(model, batch).float()
-                labels = self._labels[i].to(logits.device) if self.needs_labels else None
+                labels = self._labels[i][:take].to(logits.device) if self.needs_labels else None
                 if labels is not None and len(labels) and int(labels.max()) >= logits.shape[-1]:
                     raise ObjectiveError(
                         f"{self.key('label')}: label {int(labels.max())} is out of range for a "

@@ -18,10 +18,12 @@ __all__ = ["Executor", "Job", "JobResult"]
 
 @dataclass
 class Job:
-    """One trial to run: its Optuna number and the plan to merge."""
+    """One trial to run: its Optuna number, the plan to merge, and the fraction of each task's
+    fixed subset to score (below 1: a pruning rung, a nested prefix of the subset)."""
 
     number: int
     plan: MergePlan
+    fraction: float = 1.0
 
 
 @dataclass

@@ -66,7 +66,8 @@ class Evaluator:
         self.load_s = time.perf_counter() - start
 
     def evaluate(self, job: Job) -> JobResult:
-        """Merge ``job.plan`` into the live weights and score every task.
+        """Merge ``job.plan`` into the live weights and score every task (on the first
+        ``job.fraction`` of each task's subset).
 
         A raising objective or a non-finite metric gives a failed result with the reason; the
         worker stays usable.
@@ -77,7 +78,11 @@ class Evaluator:
             t1 = time.perf_counter()
             metrics: dict[str, float] = {}
             for task, obj in self.objectives.items():
-                value = float(obj.evaluate(self.pool.model(self.heads[task])))
+                model = self.pool.model(self.heads[task])
+                if job.fraction < 1.0:
+                    value = float(obj.evaluate_prefix(model, job.fraction))
+                else:
+                    value = float(obj.evaluate(model))
                 if not math.isfinite(value):
                     return JobResult(job.number, metrics, error=f"objective '{task}' gave {value}")
                 metrics[task] = value

@@ -1,0 +1,172 @@
+"""Multi-fidelity pruning: score a trial on nested prefixes of the evaluation subsets (rungs)
+and stop it as soon as a pruner says it cannot win.
+
+Rung ``k`` is reported to Optuna as ``step=k`` (``trial.report``), so the study's intermediate
+values are the rung scores and any Optuna tool reads them. Survivors of the last rung are scored
+on the full subsets and told COMPLETE with exactly the metrics a run without pruning would
+store; pruned trials are told PRUNED with their last rung's metrics. The budget counts both
+(Optuna's convention for ``n_trials``); the best value comes from complete trials only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.pruners import BasePruner, MedianPruner, NopPruner
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from mergesweep.config import ExperimentConfig, PruningConfig
+from mergesweep.errors import ConfigError
+
+__all__ = ["BestPruner", "HalvingPruner", "Rungs", "build_pruner", "check_pruning"]
+
+
+def _sign(study: optuna.Study) -> float:
+    """+1 when larger values are better, so ``sign * value`` is always maximised."""
+    return 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
+
+
+def _complete(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+class HalvingPruner(BasePruner):
+    """Asynchronous successive halving over rung indices: a trial goes on from rung ``k`` only
+    if its value is among the best ``max(1, n // reduction)`` of the ``n`` trials (any state)
+    that reported rung ``k`` so far. Optuna's own pruner wants steps ``r^k``; rungs here are
+    ``0, 1, ...``.
+    """
+
+    def __init__(self, reduction: int = 3, startup_trials: int = 5) -> None:
+        self.reduction = reduction
+        self.startup_trials = startup_trials
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        trials = study.get_trials(deepcopy=False)
+        if sum(t.state == TrialState.COMPLETE for t in trials) < self.startup_trials:
+            return False
+        sign = _sign(study)
+        values = [
+            sign * t.intermediate_values[step] for t in trials if step in t.intermediate_values
+        ]
+        value = sign * trial.intermediate_values[step]
+        if trial.number not in {t.number for t in trials}:  # not read back yet: count it
+            values.append(value)
+        keep = max(1, len(values) // self.reduction)
+        return value < sorted(values, reverse=True)[keep - 1]
+
+
+class BestPruner(BasePruner):
+    """Prunes a trial whose rung value is worse than the best complete trial's value by more
+    than ``margin`` (in the study value's units): it cannot, by this evidence, beat the best.
+    """
+
+    def __init__(self, margin: float = 0.0, startup_trials: int = 5) -> None:
+        self.margin = margin
+        self.startup_trials = startup_trials
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        complete = _complete(study)
+        if step is None or len(complete) < self.startup_trials or not complete:
+            return False
+        sign = _sign(study)
+        best = max(sign * t.values[0] for t in complete)
+        return sign * trial.intermediate_values[step] < best - self.margin
+
+
+def build_pruner(cfg: PruningConfig) -> BasePruner:
+    """The Optuna pruner ``pruning.pruner`` names (``none``: a pruner that never prunes)."""
+    if cfg.pruner == "median":
+        return MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=0)
+    if cfg.pruner == "halving":
+        return HalvingPruner(cfg.reduction, cfg.startup_trials)
+    if cfg.pruner == "best":
+        return BestPruner(cfg.margin, cfg.startup_trials)
+    return NopPruner()
+
+
+def check_pruning(cfg: ExperimentConfig, objectives: dict[str, Any], searcher: Any) -> None:
+    """Refuse pruning for objectives that cannot score a prefix and searchers with a loop of
+    their own (the config module checks the rest: rungs, pareto, tune)."""
+    if cfg.pruning.pruner == "none":
+        return
+    for task, obj in objectives.items():
+        if not obj.prefixes:
+            raise ConfigError(
+                f"pruning.pruner: objectives.tasks.{task} (kind '{obj.kind}') cannot score a "
+                "prefix of its subset; use accuracy/cross_entropy/entropy objectives, or "
+                "pruning.pruner: none"
+            )
+    from mergesweep.search import Searcher
+
+    if type(searcher).drive is not Searcher.drive:
+        raise ConfigError(
+            f"pruning.pruner: searcher '{searcher.name}' runs its own loop, which does not "
+            "prune; use pruning.pruner: none"
+        )
+
+
+@dataclass
+class _Ladder:
+    """One trial's way up the rungs: the rung it is on and what each rung measured."""
+
+    rung: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Rungs:
+    """The driver's bookkeeping of trials climbing the rungs (``fractions`` ends with 1.0)."""
+
+    def __init__(self, cfg: PruningConfig) -> None:
+        on = cfg.pruner != "none"
+        self.fractions = [*cfg.rungs, 1.0] if on else [1.0]
+        self._ladders: dict[int, _Ladder] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return len(self.fractions) > 1
+
+    def fraction(self, number: int) -> float:
+        """The fraction of each task's subset trial ``number`` is to be scored on next."""
+        return self.fractions[self._ladders.setdefault(number, _Ladder()).rung]
+
+    def is_last(self, number: int) -> bool:
+        ladder = self._ladders.setdefault(number, _Ladder())
+        return ladder.rung == len(self.fractions) - 1
+
+    def record(self, number: int, value: float | None, result: Any) -> dict[str, Any]:
+        """Note one rung's result for trial ``number``; returns the record."""
+        ladder = self._ladders.setdefault(number, _Ladder())
+        rec = {
+            "rung": ladder.rung,
+            "fraction": self.fractions[ladder.rung],
+            "value": value,
+            "metrics": dict(result.metrics),
+            "merge_s": result.timings.get("merge_s", 0.0),
+            "eval_s": result.timings.get("eval_s", 0.0),
+        }
+        ladder.records.append(rec)
+        return rec
+
+    def promote(self, number: int) -> None:
+        self._ladders[number].rung += 1
+
+    def close(self, number: int, timings: dict[str, float]) -> list[dict[str, Any]]:
+        """Forget trial ``number``; fold its rungs into ``timings`` (totals and per-rung eval
+        time) and return the rung records for its ``rungs`` user attr."""
+        ladder = self._ladders.pop(number, _Ladder())
+        if not self.enabled or not ladder.records:
+            return []
+        for key in ("merge_s", "eval_s"):
+            timings[key] = math.fsum(r[key] for r in ladder.records)
+        for r in ladder.records:
+            timings[f"eval_s_rung{r['rung']}"] = r["eval_s"]
+        return ladder.records
