@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import tempfile
 import time
@@ -35,12 +33,10 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
+from study_scores import Scorer, machine, trials_to
 
-import mergesweep
 from mergesweep.api import load_config_dict, run
-from mergesweep.objectives import build_objective
 from mergesweep.plan import MergePlan
-from mergesweep.runtime.worker import Evaluator
 from mergesweep.spaces import build_space
 from mergesweep.zoo import ensure_zoo
 
@@ -70,38 +66,13 @@ def base_config(zoo: Path, storage: str, name: str, method: dict) -> dict[str, A
     }
 
 
-class Scorer:
-    """A resident pool with its method prepared on the experiment's data (validation, or the
-    unlabelled test inputs for AdaMerging), scored by accuracy on validation and on test."""
-
-    def __init__(self, config: dict[str, Any], zoo: Path) -> None:
-        self.ev = Evaluator(load_config_dict(config))
-        self.splits: dict[str, dict[str, Any]] = {"validation": {}, "test": {}}
-        for split, objs in self.splits.items():
-            for t in TASKS:
-                spec = {"kind": "accuracy", "data": str(zoo / "data" / t), "split": split}
-                objs[t] = build_objective(t, spec)
-                objs[t].setup(self.ev.pool, 0)
-
-    def scores(self, plan: MergePlan, split: str) -> dict[str, float]:
-        self.ev.method.apply(self.ev.pool, plan)
-        return {t: float(o.evaluate(self.ev.pool.model(t))) for t, o in self.splits[split].items()}
-
-    def val(self, plan: MergePlan) -> dict[str, float]:
-        return self.scores(plan, "validation")
-
-    def test_scores(self, plan: MergePlan) -> dict[str, Any]:
-        acc = self.scores(plan, "test")
-        return {"test": acc, "test_avg": float(np.mean(list(acc.values())))}
-
-
 def uniform_plan(scorer: Scorer, lam: float) -> MergePlan:
     return MergePlan.uniform(scorer.ev.pool.layout.num_tensors, [lam] * len(TASKS))
 
 
 def grid_method(zoo, storage, name, method, grid) -> dict[str, Any]:
     t0 = time.perf_counter()
-    scorer = Scorer(base_config(zoo, storage, name, method), zoo)
+    scorer = Scorer(base_config(zoo, storage, name, method))
     vals = {
         lam: float(np.mean(list(scorer.val(uniform_plan(scorer, lam)).values()))) for lam in grid
     }
@@ -122,7 +93,7 @@ def study_method(zoo, storage, experiment: str, name: str, overrides=()) -> dict
     study = optuna.load_study(study_name=name, storage=storage)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = study.best_trial
-    scorer = Scorer(cfg, zoo)
+    scorer = Scorer(cfg)
     space = build_space(cfg["space"]["kind"], scorer.ev.pool.layout, cfg["space"]["options"])
     plan = space.to_plan(best.params)
     out: dict[str, Any] = {"trials": len(study.trials), "complete": len(complete)}
@@ -138,7 +109,7 @@ def study_method(zoo, storage, experiment: str, name: str, overrides=()) -> dict
         values = [t.value for t in sorted(complete, key=lambda t: t.number)]
         run_best = np.maximum.accumulate(values)
         out["best_so_far"] = [round(float(v), 4) for v in run_best]
-        out["trials_to_99pct"] = int(np.argmax(run_best >= 0.99 * run_best[-1]) + 1)
+        out["trials_to_99pct"] = trials_to(run_best, 0.99 * run_best[-1])
         infos = [t.system_attrs.get("mergesweep_bo", {}) for t in complete]
         secs = [i["suggest_s"] for i in infos if "suggest_s" in i]
         if secs:
@@ -163,18 +134,6 @@ def depth_profile(params: dict[str, float]) -> dict[str, float]:
         groups.setdefault(label, []).append(v)
     order = ["embed", *sorted(k for k in groups if k.startswith("layer")), "final"]
     return {k: round(float(np.mean(groups[k])), 4) for k in order if k in groups}
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "date": time.strftime("%Y-%m-%d"),
-        "cpus": os.cpu_count(),
-        "load_avg_1m": os.getloadavg()[0],
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "mergesweep": getattr(mergesweep, "__version__", ""),
-        "python": platform.python_version(),
-    }
 
 
 def main() -> None:
