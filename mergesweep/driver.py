@@ -244,7 +244,8 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
         executor.shutdown()
     setup.searcher.finalize(setup)
     figures.close()
-    summary = _summary(setup, done - pruned, failed, overhead, time.perf_counter() - start)
+    complete = complete_count(study) if rungs.enabled else done  # done counts pruned ones too
+    summary = _summary(setup, complete, failed, overhead, time.perf_counter() - start)
     summary.pruned = pruned
     return summary
 

@@ -1,0 +1,82 @@
+"""Multi-fidelity pruning on the digits zoo: nested rungs, pruned trials, budget, config errors."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import mergesweep
+from mergesweep.errors import ConfigError
+from mergesweep.objectives import build_objective
+from mergesweep.runtime import Job
+from mergesweep.runtime.worker import Evaluator
+from mergesweep.study import open_study
+
+PRUNING = {"pruner": "median", "rungs": [0.25, 0.5], "startup_trials": 3}
+
+
+def _trials(cfg: dict) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=cfg["name"], storage=cfg["storage"]).trials
+
+
+def test_rung_prefixes_are_nested_and_the_full_prefix_is_the_subset(digits_zoo) -> None:
+    obj = build_objective("low", {"kind": "accuracy", "data": str(digits_zoo / "data" / "low")})
+    obj.setup(None, seed=0)
+    assert sorted(obj.order.tolist()) == obj.indices.tolist()  # same examples, seeded order
+    assert obj.order.tolist() != obj.indices.tolist()  # a prefix is a random sample
+    again = build_objective("low", {"kind": "accuracy", "data": str(digits_zoo / "data" / "low")})
+    again.setup(None, seed=0)
+    assert again.order.tolist() == obj.order.tolist()  # same prefix in every worker
+
+
+def test_sweep_prunes_and_completes_on_the_full_subset(make_config) -> None:
+    cfg = make_config(budget__trials=16, searcher__name="tpe", pruning=PRUNING)
+    summary = mergesweep.run(cfg)
+    trials = _trials(cfg)
+    states = [t.state for t in trials]
+    assert len(trials) == 16 and TrialState.FAIL not in states  # pruned count toward the budget
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert pruned and summary.pruned == len(pruned) and summary.complete == len(complete)
+    for t in pruned:
+        assert t.user_attrs["rungs"][-1]["rung"] == max(t.intermediate_values)
+        assert t.values[0] == t.intermediate_values[max(t.intermediate_values)]
+    for t in complete:
+        assert sorted(t.intermediate_values) == [0, 1]
+        assert [r["fraction"] for r in t.user_attrs["rungs"]] == [0.25, 0.5, 1.0]
+        timings = t.user_attrs["timings"]
+        assert timings["eval_s"] == pytest.approx(sum(timings[f"eval_s_rung{k}"] for k in range(3)))
+    # A complete trial's metrics are those of a plain evaluation of its point on the full subset.
+    setup = open_study({**cfg, "name": "plain", "pruning": {"pruner": "none"}})
+    evaluator = Evaluator(setup.config, setup.layout)
+    best = max(complete, key=lambda t: t.values[0])
+    result = evaluator.evaluate(Job(0, setup.space.to_plan(best.params)))
+    assert result.metrics == pytest.approx(best.user_attrs["metrics"])
+
+
+def test_resume_with_pruning_reaches_the_budget(make_config) -> None:
+    cfg = make_config(budget__trials=8, pruning=PRUNING)
+    mergesweep.run(cfg)
+    summary = mergesweep.resume(cfg["name"], cfg["storage"], ["budget.trials=12"])
+    finished = [t for t in _trials(cfg) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    complete = [t for t in finished if t.state == TrialState.COMPLETE]
+    assert len(finished) == 12 and summary.complete == len(complete)  # complete: the study's
+    assert 0 < summary.pruned <= 4  # pruned: this run's
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"pruning": {"pruner": "median", "rungs": []}}, r"pruning\.rungs: at least one"),
+        ({"pruning": {"pruner": "median", "rungs": [0.5, 0.25]}}, r"pruning\.rungs\[1\]"),
+        ({"pruning": {"pruner": "median", "rungs": [1.0]}}, r"pruning\.rungs\[0\]"),
+        ({"pruning": {"pruner": "fast"}}, r"pruning\.pruner: 'fast' is not allowed"),
+        ({"pruning": {"pruner": "halving", "reduction": 1}}, r"pruning\.reduction"),
+        ({"pruning": {"pruner": "median"}, "objectives__mode": "pareto"}, r"pareto"),
+        ({"pruning": {"pruner": "median"}, "searcher__name": "adamerging"}, r"own loop"),
+    ],
+)
+def test_pruning_config_errors_name_the_key(make_config, changes, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        mergesweep.run(make_config(**changes))
