@@ -14,13 +14,15 @@ params, which :func:`mergesweep.study.reconcile` fails (re-queueing an enqueued 
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import optuna
 
-__all__ = ["batched_writes"]
+__all__ = ["batched_writes", "coalesced_reads"]
 
 
 def _rdb(storage: Any) -> Any | None:
@@ -71,13 +73,18 @@ def _commit(storage: Any, backend: Any, writes: list[tuple[Any, ...]]) -> None:
     from optuna.storages._rdb.storage import _create_scoped_session
 
     with storage._lock, _create_scoped_session(backend.scoped_session, True) as session:
-        checked: set[int] = set()  # trials found and updatable (one query each, not per param)
+        checked: set[int] = set()  # trials found and updatable (one query each, not per write)
+        upsert = _attr_upsert(backend.engine.name)
         for kind, trial_id, *rest in writes:
             if kind == "attr":
                 key, value = rest
-                backend._set_trial_attr_without_commit(
-                    session, models.TrialUserAttributeModel, trial_id, key, value
-                )
+                if upsert is None:
+                    backend._set_trial_attr_without_commit(
+                        session, models.TrialUserAttributeModel, trial_id, key, value
+                    )
+                    continue
+                _check_updatable(backend, session, trial_id, checked)
+                session.execute(upsert(trial_id, key, value))
                 continue
             name, internal, dist = rest
             study_id, _ = storage._trial_id_to_study_id_and_number[trial_id]
@@ -86,10 +93,7 @@ def _commit(storage: Any, backend: Any, writes: list[tuple[Any, ...]]) -> None:
                 backend._set_trial_param_without_commit(session, trial_id, name, internal, dist)
                 known[name] = dist
                 continue
-            if trial_id not in checked:
-                trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-                backend.check_trial_is_updatable(trial_id, trial.state)
-                checked.add(trial_id)
+            _check_updatable(backend, session, trial_id, checked)
             check_distribution_compatibility(known[name], dist)
             session.add(
                 models.TrialParamModel(
@@ -99,3 +103,65 @@ def _commit(storage: Any, backend: Any, writes: list[tuple[Any, ...]]) -> None:
                     distribution_json=distribution_to_json(dist),
                 )
             )
+
+
+def _check_updatable(backend: Any, session: Any, trial_id: int, checked: set[int]) -> None:
+    """Optuna's check that the trial exists and is unfinished, once per trial and batch."""
+    from optuna.storages._rdb import models
+
+    if trial_id not in checked:
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+        backend.check_trial_is_updatable(trial_id, trial.state)
+        checked.add(trial_id)
+
+
+def _attr_upsert(dialect: str) -> Any | None:
+    """A builder of the user-attr upsert Optuna itself emits for SQLite and PostgreSQL, without
+    its per-write trial lookup; None for other databases (Optuna's own path is used)."""
+    from optuna.storages._rdb import models
+
+    if dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        return None
+    table = models.TrialUserAttributeModel
+
+    def build(trial_id: int, key: str, value: Any) -> Any:
+        stmt = insert(table).values(trial_id=trial_id, key=key, value_json=json.dumps(value))
+        return stmt.on_conflict_do_update(
+            index_elements=[table.trial_id, table.key],
+            set_=dict(value_json=stmt.excluded.value_json),
+        )
+
+    return build
+
+
+@contextmanager
+def coalesced_reads(study: optuna.Study) -> Iterator[None]:
+    """Within the block, read the study's trials from the database at most once.
+
+    ``study.ask`` refreshes Optuna's trial cache from the database three times (the waiting
+    queue, then the sampler's search space and its trials: ~7 queries each). The first read
+    already returns the in-flight trials with their params; the trial the block creates is put
+    in the cache by Optuna itself, so later reads in the same ask would return the same
+    snapshot. Storages other than Optuna's cached RDB storage read as usual.
+    """
+    storage = study._storage
+    if _rdb(storage) is None or "_read_trials_from_remote_storage" in vars(storage):
+        yield
+        return
+    read = storage._read_trials_from_remote_storage
+    done: set[int] = set()
+
+    def once(study_id: int) -> None:
+        if study_id not in done:
+            done.add(study_id)
+            read(study_id)
+
+    storage._read_trials_from_remote_storage = once
+    try:
+        yield
+    finally:
+        del storage._read_trials_from_remote_storage

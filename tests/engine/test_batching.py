@@ -8,7 +8,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from sqlalchemy import event
 
-from mergesweep.batching import batched_writes
+from mergesweep.batching import batched_writes, coalesced_reads
 from mergesweep.storage import open_storage
 from mergesweep.study import reconcile
 
@@ -29,12 +29,24 @@ def _commits(study: optuna.Study) -> list[int]:
     return counter
 
 
+def _trial_selects(study: optuna.Study) -> list[int]:
+    counter = [0]
+
+    def count(_conn, _cursor, statement: str, *_args) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM trials" in statement:
+            counter[0] += 1
+
+    event.listen(study._storage._backend.engine, "before_cursor_execute", count)
+    return counter
+
+
 def _ask_and_tell(study: optuna.Study, batched: bool, n: int) -> None:
     for k in range(n):
         if batched:
-            with batched_writes(study):
+            with batched_writes(study), coalesced_reads(study):
                 trial = study.ask(DISTS)
                 trial.set_user_attr("plan", {"k": k})
+                trial.set_user_attr("plan", {"k": k, "again": True})  # the upsert overwrites
         else:
             trial = study.ask(DISTS)
             trial.set_user_attr("plan", {"k": k})
@@ -53,11 +65,45 @@ def test_batched_ask_stores_what_write_through_stores(tmp_path) -> None:
     a = plain.get_trials(states=(TrialState.COMPLETE,))
     b = fresh.get_trials(states=(TrialState.COMPLETE,))
     assert [t.params for t in a] == [t.params for t in b]
-    assert [t.user_attrs for t in b] == [{"plan": {"k": k}} for k in range(6)]
+    assert [t.user_attrs for t in b] == [{"plan": {"k": k, "again": True}} for k in range(6)]
     assert all(len(t.params) == 20 for t in b)
     # Per trial, 20 params + 1 attr committed one by one, against one batch (reads commit too,
     # the same number of times in both studies).
     assert plain_commits[0] - batched_commits[0] >= 6 * 20, (plain_commits, batched_commits)
+
+
+def test_coalesced_reads_read_the_trials_once_per_ask_and_see_other_drivers(tmp_path) -> None:
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    plain, _ = _study(tmp_path / "a")
+    batched, url = _study(tmp_path / "b")
+    _ask_and_tell(plain, batched=False, n=5)
+    _ask_and_tell(batched, batched=True, n=5)
+    plain_reads, batched_reads = _trial_selects(plain), _trial_selects(batched)
+    with batched_writes(plain):
+        a = plain.ask(DISTS)
+    with batched_writes(batched), coalesced_reads(batched):
+        b = batched.ask(DISTS)
+    assert a.params == b.params  # the same sampler state: the same point
+    assert 0 < batched_reads[0] < plain_reads[0], (batched_reads, plain_reads)
+    # Another driver's in-flight trial (a second storage on the same file) is read at the
+    # next ask, so parallel suggestions see it.
+    other = optuna.load_study(study_name="s", storage=open_storage(url))
+    theirs = other.ask(DISTS)
+    with batched_writes(batched), coalesced_reads(batched):
+        mine = batched.ask(DISTS)
+    running = batched.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert {t.number for t in running} == {b.number, theirs.number, mine.number}
+    # Outside the block, reads go through the storage as usual.
+    assert "_read_trials_from_remote_storage" not in vars(batched._storage)
+
+
+def test_batched_attr_on_a_finished_trial_is_refused(tmp_path) -> None:
+    study, url = _study(tmp_path)
+    trial = study.ask(DISTS)
+    study.tell(trial, 1.0)
+    with pytest.raises(RuntimeError), batched_writes(study):
+        study._storage.set_trial_user_attr(trial._trial_id, "late", 1)
+    assert optuna.load_study(study_name="s", storage=open_storage(url)).trials[0].user_attrs == {}
 
 
 def test_writes_made_before_an_error_are_still_committed(tmp_path) -> None:

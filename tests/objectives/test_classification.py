@@ -87,4 +87,6 @@ def test_batches_and_logits(logit_data, passthrough, rows) -> None:
     assert [b["pixel_values"].shape[0] for b in batches] == [2, 2, 1]
     assert len(list(obj.batches(limit=2))) == 2
     logits = torch.cat([obj.logits(passthrough, b) for b in batches])
-    assert torch.equal(logits.detach(), torch.tensor([r for r, _ in rows]))
+    # Batches follow the seeded evaluation order (pruning's nested prefixes).
+    assert sorted(obj.order.tolist()) == list(range(len(rows)))
+    assert torch.equal(logits.detach(), torch.tensor([rows[i][0] for i in obj.order]))
