@@ -189,7 +189,7 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
                 break
             while climbing and running < executor.capacity:
                 number = climbing.pop(0)
-                executor.submit(Job(number, plans[number], rungs.fraction(number)))
+                executor.submit(_job(number, plans[number], rungs))
                 running += 1
             while running < executor.capacity and done + len(in_flight) < budget:
                 t0 = time.perf_counter()
@@ -201,7 +201,7 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
                     trial.set_user_attr("plan", plan.summary(setup.layout.experts))
                 in_flight[trial.number] = (trial, time.perf_counter() - t0)
                 plans[trial.number] = plan
-                executor.submit(Job(trial.number, plan, rungs.fraction(trial.number)))
+                executor.submit(_job(trial.number, plan, rungs))
                 running += 1
             for result in executor.wait_any():
                 running -= 1
@@ -251,12 +251,18 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
     return summary
 
 
+def _job(number: int, plan: Any, rungs: Rungs) -> Job:
+    """Trial ``number``'s next job: the examples of its next rung that it has not been scored on."""
+    return Job(number, plan, rungs.fraction(number), rungs.start(number))
+
+
 def _climb(
     setup: StudySetup, trial: optuna.Trial, result: JobResult, rungs: Rungs, ask_s: float
 ) -> str:
     """One rung below the last: report it; ``"climb"`` (resubmit at the next rung) or
     ``"pruned"`` (told PRUNED, its rungs recorded). ``"final"``: not a lower rung's success,
     for :func:`_finish` (the full subset's result, or a failure)."""
+    rungs.accumulate(result.number, result)  # the rung's own examples → the whole prefix
     if not rungs.enabled or rungs.is_last(result.number) or not result.ok:
         return "final"
     (value,) = study_values(setup, result.metrics, trial.params)

@@ -120,10 +120,15 @@ class _Ladder:
 
     rung: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
+    sums: dict[str, tuple[float, int]] = field(default_factory=dict)  # task -> (sum, count)
 
 
 class Rungs:
-    """The driver's bookkeeping of trials climbing the rungs (``fractions`` ends with 1.0)."""
+    """The driver's bookkeeping of trials climbing the rungs (``fractions`` ends with 1.0).
+
+    A rung scores only the examples the rung below did not (``Job.start``), so a trial that
+    climbs to the top costs one evaluation of the full subsets, not one plus its rungs.
+    """
 
     def __init__(self, cfg: PruningConfig) -> None:
         on = cfg.pruner != "none"
@@ -138,6 +143,24 @@ class Rungs:
         """The fraction of each task's subset trial ``number`` is to be scored on next."""
         return self.fractions[self._ladders.setdefault(number, _Ladder()).rung]
 
+    def start(self, number: int) -> float:
+        """The prefix trial ``number`` has already been scored on (0 before its first rung)."""
+        rung = self._ladders.setdefault(number, _Ladder()).rung
+        return self.fractions[rung - 1] if rung else 0.0
+
+    def accumulate(self, number: int, result: Any) -> None:
+        """Fold a rung's result (means over the examples it scored, ``result.counts``) into
+        the trial's sums and turn ``result.metrics`` into the means over the whole prefix."""
+        if not self.enabled or not result.ok or not result.counts:
+            return
+        sums = self._ladders.setdefault(number, _Ladder()).sums
+        for task, value in result.metrics.items():
+            total, count = sums.get(task, (0.0, 0))
+            n = result.counts.get(task, 0)
+            total, count = total + value * n, count + n
+            sums[task] = (total, count)
+            result.metrics[task] = total / count if count else value
+
     def is_last(self, number: int) -> bool:
         ladder = self._ladders.setdefault(number, _Ladder())
         return ladder.rung == len(self.fractions) - 1
@@ -150,6 +173,7 @@ class Rungs:
             "fraction": self.fractions[ladder.rung],
             "value": value,
             "metrics": dict(result.metrics),
+            "examples": dict(result.counts),  # scored by this rung (the rest: rungs below)
             "merge_s": result.timings.get("merge_s", 0.0),
             "eval_s": result.timings.get("eval_s", 0.0),
         }

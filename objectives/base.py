@@ -61,6 +61,13 @@ class Objective(ABC):
         Prefixes are nested (a larger fraction holds every example of a smaller one) and the
         same in every trial, so rung scores compare across trials.
         """
+        total, count = self.evaluate_range(model, 0.0, fraction)
+        return total / count
+
+    def evaluate_range(self, model: nn.Module, start: float, stop: float) -> tuple[float, int]:
+        """``(sum, count)`` of the per-example metric over the examples between the prefixes
+        ``start`` and ``stop`` (fractions): a rung scores only what the rung below did not, and
+        the driver adds the sums up (the mean of the prefix ``stop`` is their ratio)."""
         raise NotImplementedError(f"objective '{self.kind}' cannot score a prefix of its subset")
 
     def batches(self, limit: int | None = None) -> Iterator[dict[str, torch.Tensor]]:

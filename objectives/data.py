@@ -309,21 +309,34 @@ class DataObjective(Objective):
         self._ready()
         return self._mean(model, len(self.order))
 
-    def evaluate_prefix(self, model: nn.Module, fraction: float) -> float:
-        """Mean over the first ``ceil(fraction · n)`` examples of the seeded evaluation order."""
+    def evaluate_range(self, model: nn.Module, start: float, stop: float) -> tuple[float, int]:
+        """Sum and count over the examples ``[size(start), size(stop))`` of the seeded order,
+        where the prefix ``f`` holds ``max(1, ceil(f · n))`` examples (all of them at 1)."""
         self._ready()
-        return self._mean(model, max(1, math.ceil(fraction * len(self.order))))
+        return self._sum(model, self._size(start), self._size(stop))
+
+    def _size(self, fraction: float) -> int:
+        n = len(self.order)
+        return 0 if fraction <= 0 else n if fraction >= 1 else max(1, math.ceil(fraction * n))
 
     def _mean(self, model: nn.Module, n: int) -> float:
-        total, count = 0.0, 0
+        total, count = self._sum(model, 0, n)
+        return total / count
+
+    def _sum(self, model: nn.Module, lo: int, hi: int) -> tuple[float, int]:
+        total, count, seen = 0.0, 0, 0
         with torch.inference_mode():
             for i, batch in enumerate(self._inputs):
-                take = min(n - count, len(next(iter(batch.values()))))
-                if take <= 0:
-                    break
-                batch = {k: v[:take] for k, v in batch.items()}
+                size = len(next(iter(batch.values())))
+                a, b = max(lo - seen, 0), min(hi - seen, size)  # this batch's part of the range
+                seen += size
+                if b <= a:
+                    if seen >= hi:
+                        break
+                    continue
+                batch = {k: v[a:b] for k, v in batch.items()}
                 logits = self.logits(model, batch).float()
-                labels = self._labels[i][:take].to(logits.device) if self.needs_labels else None
+                labels = self._labels[i][a:b].to(logits.device) if self.needs_labels else None
                 if labels is not None and len(labels) and int(labels.max()) >= logits.shape[-1]:
                     raise ObjectiveError(
                         f"{self.key('label')}: label {int(labels.max())} is out of range for a "
@@ -331,7 +344,7 @@ class DataObjective(Objective):
                     )
                 total += float(self.score(logits, labels))
                 count += logits.shape[0]
-        return total / count
+        return total, count
 
     @abstractmethod
     def score(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:

@@ -19,11 +19,16 @@ __all__ = ["Executor", "Job", "JobResult"]
 @dataclass
 class Job:
     """One trial to run: its Optuna number, the plan to merge, and the fraction of each task's
-    fixed subset to score (below 1: a pruning rung, a nested prefix of the subset)."""
+    fixed subset to score (below 1: a pruning rung, a nested prefix of the subset).
+
+    ``start`` above 0 (a higher rung): only the examples past the prefix ``start`` are scored,
+    and the result holds their means and ``counts``; the driver adds the rung below.
+    """
 
     number: int
     plan: MergePlan
     fraction: float = 1.0
+    start: float = 0.0
 
 
 @dataclass
@@ -31,7 +36,8 @@ class JobResult:
     """What a worker returns: per-task metrics and timings, or the reason it failed.
 
     ``retry`` is true when the failure was the worker's (it died), not the trial's: the driver
-    re-queues such a trial's point (capped).
+    re-queues such a trial's point (capped). ``counts``: examples scored per task, for a job
+    on part of the subsets (a pruning rung); empty for a whole evaluation.
     """
 
     number: int
@@ -40,6 +46,7 @@ class JobResult:
     error: str | None = None
     retry: bool = False
     worker: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -66,8 +66,8 @@ class Evaluator:
         self.load_s = time.perf_counter() - start
 
     def evaluate(self, job: Job) -> JobResult:
-        """Merge ``job.plan`` into the live weights and score every task (on the first
-        ``job.fraction`` of each task's subset).
+        """Merge ``job.plan`` into the live weights and score every task (on the examples
+        between the prefixes ``job.start`` and ``job.fraction`` of each task's subset).
 
         A raising objective or a non-finite metric gives a failed result with the reason; the
         worker stays usable.
@@ -77,10 +77,13 @@ class Evaluator:
             self.method.apply(self.pool, job.plan)
             t1 = time.perf_counter()
             metrics: dict[str, float] = {}
+            counts: dict[str, int] = {}
+            part = job.fraction < 1.0 or job.start > 0.0
             for task, obj in self.objectives.items():
                 model = self.pool.model(self.heads[task])
-                if job.fraction < 1.0:
-                    value = float(obj.evaluate_prefix(model, job.fraction))
+                if part:
+                    total, counts[task] = obj.evaluate_range(model, job.start, job.fraction)
+                    value = float(total / counts[task]) if counts[task] else 0.0
                 else:
                     value = float(obj.evaluate(model))
                 if not math.isfinite(value):
@@ -89,4 +92,5 @@ class Evaluator:
             t2 = time.perf_counter()
         except Exception as exc:  # the trial fails, the sweep goes on
             return JobResult(job.number, error=f"{type(exc).__name__}: {exc}")
-        return JobResult(job.number, metrics, {"merge_s": t1 - t0, "eval_s": t2 - t1})
+        timings = {"merge_s": t1 - t0, "eval_s": t2 - t1}
+        return JobResult(job.number, metrics, timings, counts=counts)

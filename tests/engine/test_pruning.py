@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -30,6 +32,23 @@ def test_rung_prefixes_are_nested_and_the_full_prefix_is_the_subset(digits_zoo) 
     assert again.order.tolist() == obj.order.tolist()  # same prefix in every worker
 
 
+def test_rung_ranges_add_up_to_the_prefix_means(make_config) -> None:
+    setup = open_study(make_config())
+    evaluator = Evaluator(setup.config, setup.layout)
+    evaluator.method.apply(evaluator.pool, setup.space.to_plan(setup.space.init_point()))
+    obj = evaluator.objectives["low"]
+    model = evaluator.pool.model(evaluator.heads["low"])
+    n = len(obj.order)
+    parts = [obj.evaluate_range(model, a, b) for a, b in ((0, 0.1), (0.1, 0.3), (0.3, 1.0))]
+    a, b = math.ceil(0.1 * n), math.ceil(0.3 * n)
+    assert [c for _, c in parts] == [a, b - a, n - b]
+    total = sum(s for s, _ in parts)
+    assert total / n == pytest.approx(obj.evaluate(model), rel=1e-6)  # each example once
+    assert (parts[0][0] + parts[1][0]) / (parts[0][1] + parts[1][1]) == pytest.approx(
+        obj.evaluate_prefix(model, 0.3), rel=1e-6
+    )
+
+
 def test_sweep_prunes_and_completes_on_the_full_subset(make_config) -> None:
     cfg = make_config(budget__trials=16, searcher__name="tpe", pruning=PRUNING)
     summary = mergesweep.run(cfg)
@@ -38,6 +57,9 @@ def test_sweep_prunes_and_completes_on_the_full_subset(make_config) -> None:
     assert len(trials) == 16 and TrialState.FAIL not in states  # pruned count toward the budget
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    setup = open_study({**cfg, "name": "plain", "pruning": {"pruner": "none"}})
+    evaluator = Evaluator(setup.config, setup.layout)
+    sizes = {task: len(obj.order) for task, obj in evaluator.objectives.items()}
     assert pruned and summary.pruned == len(pruned) and summary.complete == len(complete)
     for t in pruned:
         assert t.user_attrs["rungs"][-1]["rung"] == max(t.intermediate_values)
@@ -45,11 +67,12 @@ def test_sweep_prunes_and_completes_on_the_full_subset(make_config) -> None:
     for t in complete:
         assert sorted(t.intermediate_values) == [0, 1]
         assert [r["fraction"] for r in t.user_attrs["rungs"]] == [0.25, 0.5, 1.0]
+        # A climbing trial scores each example once: its rungs' examples are the subsets.
+        for task, n in sizes.items():
+            assert sum(r["examples"][task] for r in t.user_attrs["rungs"]) == n
         timings = t.user_attrs["timings"]
         assert timings["eval_s"] == pytest.approx(sum(timings[f"eval_s_rung{k}"] for k in range(3)))
     # A complete trial's metrics are those of a plain evaluation of its point on the full subset.
-    setup = open_study({**cfg, "name": "plain", "pruning": {"pruner": "none"}})
-    evaluator = Evaluator(setup.config, setup.layout)
     best = max(complete, key=lambda t: t.values[0])
     result = evaluator.evaluate(Job(0, setup.space.to_plan(best.params)))
     assert result.metrics == pytest.approx(best.user_attrs["metrics"])

@@ -195,3 +195,27 @@ def test_prefetch_queues_jobs_behind_the_running_one(make_config, prefetch: int)
     overlaps = [b.datetime_start < a.datetime_complete for a, b in itertools.pairwise(trials)]
     assert sum(overlaps) >= 2 if prefetch else sum(overlaps) == 0, overlaps
     assert len({t.user_attrs["worker"] for t in trials}) == 1
+
+
+def test_two_workers_prune_and_climb_rungs(make_config) -> None:
+    """Pruning on Ray: rung jobs interleave with new trials on both workers; survivors' rungs
+    cover each example once and their metrics equal an inline full evaluation."""
+    pruning = {"pruner": "halving", "rungs": [0.25, 0.5], "startup_trials": 3}
+    cfg = make_config(budget__trials=12, searcher={"name": "tpe"}, pruning=pruning)
+    summary = run_sweep(open_study(cfg), progress=False)
+    trials = _trials(cfg)
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(done) == 12 and summary.failed == 0
+    assert summary.pruned == sum(t.state == TrialState.PRUNED for t in trials) > 0
+    assert len({t.user_attrs["worker"] for t in done}) == 2
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = max(complete, key=lambda t: t.values[0])
+    assert [r["fraction"] for r in best.user_attrs["rungs"]] == [0.25, 0.5, 1.0]
+    inline = make_config(
+        name="inline", budget__trials=1, executor={"kind": "inline"}, searcher={"name": "random"}
+    )
+    inline_setup = open_study(inline)
+    inline_setup.study.enqueue_trial(best.params)
+    run_sweep(inline_setup, progress=False)
+    ref = next(t for t in _trials(inline) if t.params == best.params)
+    assert best.user_attrs["metrics"] == pytest.approx(ref.user_attrs["metrics"], rel=1e-9)
