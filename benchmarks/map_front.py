@@ -82,7 +82,9 @@ def _values(study: optuna.Study) -> np.ndarray:
     return np.array([t.values for t in study.get_trials(states=(TrialState.COMPLETE,))])
 
 
-def front_part(zoo: Path, tasks, grid_points: int, storage: str, reeval: int) -> dict[str, Any]:
+def front_part(
+    zoo: Path, tasks, grid_points: int, storage: str, reeval: int, multiples: list[int]
+) -> dict[str, Any]:
     dirs = ["maximize"] * len(tasks)
     out: dict[str, Any] = {"tasks": list(tasks)}
     t0 = time.perf_counter()
@@ -111,7 +113,7 @@ def front_part(zoo: Path, tasks, grid_points: int, storage: str, reeval: int) ->
     design = (n + 1) * (n + 2)
     variants = {"map": {"name": "map"}, "map_bayesian": {"name": "map_bayesian"}}
     if n > 2:
-        for k in (2, 4):  # the full design, then (k − 1)× as many residual-directed points
+        for k in multiples:  # the full design, then (k − 1)× as many residual-directed points
             variants[f"map_bayesian_{k}x"] = {
                 "name": "map_bayesian",
                 "options": {"initial_points": design, "extra_points": (k - 1) * design},
@@ -141,6 +143,7 @@ def front_part(zoo: Path, tasks, grid_points: int, storage: str, reeval: int) ->
             res = evaluator.evaluate(Job(-1, plan))
             real.append([res.metrics[t] for t in tasks])
         row["reevaluated_points"] = len(real)
+        row["evaluation_share_with_reevaluated"] = round((len(ev) + len(real)) / len(gv), 4)
         both = np.vstack([real, ev])
         for k, ref in refs.items():
             hv = {
@@ -262,6 +265,13 @@ def main() -> None:
     parser.add_argument("--grid2", type=int, default=11, help="grid points per λ, 2 experts")
     parser.add_argument("--grid4", type=int, default=5, help="grid points per λ, 4 experts")
     parser.add_argument("--reeval", type=int, default=20, help="predicted points re-evaluated")
+    parser.add_argument(
+        "--bayesian-x",
+        type=int,
+        nargs="+",
+        default=[2, 4, 5],
+        help="4 experts: Bayesian MAP variants with k× the design's evaluations",
+    )
     parser.add_argument("--stage1", type=int, default=100)
     parser.add_argument("--stage2", type=int, default=200)
     parser.add_argument("--skip-evo", action="store_true")
@@ -286,13 +296,20 @@ def main() -> None:
         # --db keeps the studies (a second run reuses the complete ones).
         storage = f"sqlite:///{args.db or Path(tmp) / 'bench.db'}"
         result["front_2_experts"] = front_part(
-            zoo, ("low", "high"), args.grid2, storage, args.reeval
+            zoo, ("low", "high"), args.grid2, storage, args.reeval, []
         )
-        result["front_4_experts"] = front_part(zoo, TASKS4, args.grid4, storage, args.reeval)
+        result["front_4_experts"] = front_part(
+            zoo, TASKS4, args.grid4, storage, args.reeval, args.bayesian_x
+        )
+        out = HERE / "results" / "map_front.json"
+        if args.skip_evo and out.exists():  # keep the last Evo-Merging figures, marked as such
+            old = json.loads(out.read_text())
+            if "evo_merging_4_experts" in old:
+                evo = old["evo_merging_4_experts"]
+                result["evo_merging_4_experts"] = {**evo, "from": old["date"]}
         if not args.skip_evo:
             result["evo_merging_4_experts"] = evo_part(zoo, storage, args.stage1, args.stage2)
     result["wall_s"] = round(time.perf_counter() - start, 1)
-    out = HERE / "results" / "map_front.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 

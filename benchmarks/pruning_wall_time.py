@@ -1,7 +1,7 @@
 """Wall time to reach the same best score with and without multi-fidelity pruning (text zoo).
 
-For every seed, two studies of ``experiments/pruning_text.yaml`` (TPE over one λ per expert,
-mean validation accuracy on 200 fixed examples per task), inline, one torch thread:
+For every seed, two studies of ``experiments/pruning_text.yaml`` (layer-wise TPE, 24 λ,
+mean validation accuracy on 200 fixed examples per task), inline, ``--threads`` torch threads:
 
 * ``plain``: pruning off, ``--trials`` trials; its best value is the seed's **target**;
 * ``pruned``: the file's ``pruning`` block (or ``--pruner``/``--rungs``), up to
@@ -10,12 +10,13 @@ mean validation accuracy on 200 fixed examples per task), inline, one torch thre
 
 Reported per seed: seconds from the sweep's start (pool load included, the same in both) until
 the best complete value first reaches the target, in each study; their ratio (the speed-up);
-trials, pruned trials and evaluation seconds spent until then; and the held-out test accuracy
-(whole test splits) of each study's pick at that moment. The target is met when the median
+trials, pruned trials and evaluation seconds spent until then; the held-out test accuracy
+(whole test splits) of each study's pick at that moment; and, at equal time, the pruned
+study's best when the plain one had finished all its trials. The target is met when the median
 speed-up over seeds is ≥ 2 with the picks' test accuracy within 1 point.
 
     python benchmarks/pruning_wall_time.py [--seeds 0 1 2] [--trials 60] [--pruned-trials 180]
-        [--pruner halving] [--rungs 0.1 0.3] [--db PATH]
+        [--pruner halving] [--rungs 0.1 0.3] [--threads 1] [--db PATH]
 
 Runs under the benchmark lock (``/tmp/mergesweep-bench.lock``, per study). Writes
 benchmarks/results/pruning_wall_time.json.
@@ -72,7 +73,7 @@ def config(kind: str, seed: int, trials: int, storage: str, args: argparse.Names
         f"seed={seed}",
         f"budget.trials={trials}",
         "executor.kind=inline",
-        "executor.threads=1",
+        f"executor.threads={args.threads}",
     ]
     if kind == "plain":
         overrides.append("pruning.pruner=none")
@@ -92,6 +93,17 @@ def run(cfg: dict[str, Any]) -> optuna.Study:
         setup.study.set_user_attr(START_ATTR, time.time())
     run_sweep(setup, progress=False)
     return setup.study
+
+
+def best_by(study: optuna.Study, seconds: float) -> float | None:
+    """The best complete value within ``seconds`` of the sweep's start."""
+    start = float(study.user_attrs[START_ATTR])
+    values = [
+        t.value
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.datetime_complete.timestamp() - start <= seconds
+    ]
+    return round(max(values), 4) if values else None
 
 
 def trace(study: optuna.Study, target: float) -> dict[str, Any]:
@@ -126,12 +138,13 @@ def main() -> None:
     ap.add_argument("--pruned-trials", type=int, default=180, help="cap of the pruned study")
     ap.add_argument("--pruner", default="", help="override the file's pruning.pruner")
     ap.add_argument("--rungs", type=float, nargs="*", default=[], help="override pruning.rungs")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the evaluation")
     ap.add_argument("--db", default="", help="SQLite file for the studies (reused if it exists)")
     ap.add_argument("--out", default=str(HERE / "results" / "pruning_wall_time.json"))
     args = ap.parse_args()
     if not zoo_dir("text").exists():
         raise SystemExit("pruning_wall_time: build the zoo first: mergesweep zoo build text")
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     db = Path(args.db) if args.db else Path(tempfile.mkdtemp()) / "pruning.db"
     storage = f"sqlite:///{db.resolve()}"
     seeds: dict[str, Any] = {}
@@ -162,6 +175,12 @@ def main() -> None:
             else None
         )
         res["test_delta"] = round(res["pruned"]["test_avg"] - res["plain"]["test_avg"], 4)
+        # Equal time: the pruned study's best when the plain one had run all its trials.
+        plain_s = max(
+            t.datetime_complete.timestamp() for t in plain.trials if t.datetime_complete
+        ) - float(plain.user_attrs[START_ATTR])
+        res["plain_total_s"] = round(plain_s, 1)
+        res["pruned_best_at_plain_total_s"] = best_by(pruned, plain_s)
         seeds[str(seed)] = res
         print(json.dumps(res), flush=True)
         gc.collect()
@@ -178,6 +197,7 @@ def main() -> None:
         "command": "python benchmarks/pruning_wall_time.py "
         + " ".join(
             [f"--seeds {' '.join(map(str, args.seeds))}", f"--trials {args.trials}"]
+            + [f"--threads {args.threads}"]
             + [f"--pruned-trials {args.pruned_trials}"]
             + ([f"--pruner {args.pruner}"] if args.pruner else [])
             + ([f"--rungs {' '.join(map(str, args.rungs))}"] if args.rungs else [])

@@ -111,9 +111,12 @@ STUDIES: dict[str, tuple[str, list[str], str]] = {
 
 
 @contextlib.contextmanager
-def bench_lock() -> Iterator[None]:
-    """The shared benchmark lock: one measurement on the machine at a time."""
-    with LOCK.open("a") as fh:
+def bench_lock(path: Path | None = LOCK) -> Iterator[None]:
+    """The shared benchmark lock: one measurement on the machine at a time (None: no lock)."""
+    if path is None:
+        yield
+        return
+    with path.open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -240,6 +243,27 @@ def summarise(studies: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     return summary
 
 
+def merge_results(paths: list[Path], out_path: Path) -> None:
+    """Merge the studies of several runs (e.g. two processes on disjoint ``--only``) into one
+    result file and summarise them together (the random-search reference may come from any)."""
+    merged: dict[str, Any] = {"studies": {}}
+    for path in paths:
+        part = json.loads(path.read_text())
+        for key, by_seed in part["studies"].items():
+            merged["studies"].setdefault(key, {}).update(by_seed)
+        ran = {k: n for k, n in part["settings"]["budgets"].items() if k in part["studies"]}
+        budgets = {**merged.get("settings", {}).get("budgets", {}), **ran}
+        merged["settings"] = {**part["settings"], "budgets": budgets}
+        merged["machine"] = part["machine"]
+    for by_seed in merged["studies"].values():
+        for res in by_seed.values():
+            res.pop("target", None), res.pop("trials_to_target", None)
+    merged["summary"] = summarise(merged["studies"])
+    merged["merged_from"] = [str(p) for p in paths]
+    out_path.write_text(json.dumps(merged, indent=1))
+    print(json.dumps(merged["summary"], indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--zoo", choices=sorted(EXPERIMENT_FILES), default="text")
@@ -251,9 +275,20 @@ def main() -> None:
     )
     ap.add_argument("--only", default="", help=f"comma-separated of {','.join(STUDIES)}")
     ap.add_argument("--db", default="", help="SQLite file for the studies (reused if it exists)")
+    ap.add_argument(
+        "--lock",
+        default=str(LOCK),
+        help="benchmark lock file; '' runs without it (e.g. two processes on disjoint --only)",
+    )
     ap.add_argument("--enqueue-init", action="store_true", help="λ = 0.3 as every first trial")
     ap.add_argument("--out", default=str(HERE / "results" / "sample_efficiency.json"))
+    ap.add_argument(
+        "--merge", nargs="+", default=[], help="only merge these result files' studies into --out"
+    )
     args = ap.parse_args()
+    if args.merge:
+        merge_results([Path(p) for p in args.merge], Path(args.out))
+        return
     if not zoo_dir(args.zoo).exists():  # never start a (second) zoo build from a benchmark
         raise SystemExit(f"sample_efficiency: build the zoo first: mergesweep zoo build {args.zoo}")
     torch.set_num_threads(1)
@@ -276,7 +311,7 @@ def main() -> None:
         for seed in args.seeds:
             print(f"== {key} seed {seed} ({budgets[key]} trials)", flush=True)
             cfg = study_config(args.zoo, key, seed, budgets[key], storage, args.enqueue_init)
-            with bench_lock():
+            with bench_lock(Path(args.lock) if args.lock else None):
                 res = run_study(cfg)
             results["studies"].setdefault(key, {})[str(seed)] = res
             print(json.dumps({k: v for k, v in res.items() if k != "best_so_far"}), flush=True)
