@@ -83,7 +83,7 @@ def _values(study: optuna.Study) -> np.ndarray:
 
 
 def front_part(
-    zoo: Path, tasks, grid_points: int, storage: str, reeval: int, multiples: list[int]
+    zoo: Path, tasks, grid_points: int, storage: str, reeval: int, multiples: list[float]
 ) -> dict[str, Any]:
     dirs = ["maximize"] * len(tasks)
     out: dict[str, Any] = {"tasks": list(tasks)}
@@ -114,9 +114,9 @@ def front_part(
     variants = {"map": {"name": "map"}, "map_bayesian": {"name": "map_bayesian"}}
     if n > 2:
         for k in multiples:  # the full design, then (k − 1)× as many residual-directed points
-            variants[f"map_bayesian_{k}x"] = {
+            variants[f"map_bayesian_{k:g}x"] = {
                 "name": "map_bayesian",
-                "options": {"initial_points": design, "extra_points": (k - 1) * design},
+                "options": {"initial_points": design, "extra_points": round((k - 1) * design)},
             }
         variants["map_nested"] = {"name": "map_nested"}
     for name, searcher in variants.items():
@@ -267,9 +267,9 @@ def main() -> None:
     parser.add_argument("--reeval", type=int, default=20, help="predicted points re-evaluated")
     parser.add_argument(
         "--bayesian-x",
-        type=int,
+        type=float,
         nargs="+",
-        default=[2, 4, 5],
+        default=[2, 4, 4.5, 5],
         help="4 experts: Bayesian MAP variants with k× the design's evaluations",
     )
     parser.add_argument("--stage1", type=int, default=100)
