@@ -75,3 +75,33 @@ def test_text_experiments_run_a_short_sweep(name, text_zoo, tmp_path) -> None:
     first = study.trials[0]
     assert first.user_attrs.get("enqueued") and set(first.user_attrs["metrics"]) == set(TASKS)
     assert 0.3 < first.value <= 1.0  # λ = 0.3 everywhere: well above the base's 0.32
+
+
+@pytest.mark.slow
+def test_pruning_experiment_prunes_and_completes(text_zoo, tmp_path) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    from mergesweep import api
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    overrides = [
+        f"storage={url}",
+        "budget.trials=8",
+        "pruning.startup_trials=2",
+        *(f"objectives.tasks.{t}.samples=64" for t in TASKS),
+    ]
+    summary = api.run(EXPERIMENTS / "pruning_text.yaml", overrides)
+    trials = optuna.load_study(study_name="pruning_text", storage=url).trials
+    states = [t.state for t in trials]
+    assert len(trials) == 8 and TrialState.FAIL not in states
+    assert summary.pruned == states.count(TrialState.PRUNED) >= 1
+    for t in trials:
+        rungs = t.user_attrs["rungs"]
+        examples = [sum(r["examples"].values()) for r in rungs]
+        if t.state == TrialState.COMPLETE:
+            # 10%, 30%, then the rest of 64 examples per task: each example scored once
+            assert [r["fraction"] for r in rungs] == [0.1, 0.3, 1.0]
+            assert examples == [3 * 7, 3 * (20 - 7), 3 * (64 - 20)]
+        else:
+            assert t.values[0] == t.intermediate_values[max(t.intermediate_values)]
