@@ -43,20 +43,31 @@ HERE = Path(__file__).resolve().parent
 BLOCKS, PER_BLOCK, SHAPE = 12, 4, (2048, 1024)
 
 
-def build_pool(root: Path, experts: int, device: str) -> ModelPool:
-    """Base and experts as safetensors files (θₖ = θ₀ + 0.01·noise), loaded as a pool."""
+def build_pool(
+    root: Path,
+    experts: int,
+    device: str,
+    shape: tuple[int, int] = SHAPE,
+    dtype: torch.dtype = torch.float32,
+    tau_dtype: str = "float32",
+) -> ModelPool:
+    """Base and experts as safetensors files (θₖ = θ₀ + 0.01·noise) in ``dtype``, loaded as a
+    pool with task vectors in ``tau_dtype``."""
     g = torch.Generator().manual_seed(0)
     names = [f"layers.{b}.w{j}" for b in range(BLOCKS) for j in range(PER_BLOCK)]
-    base = {n: torch.randn(SHAPE, generator=g) for n in names}
-    save_file(base, str(root / "base.safetensors"))
+    base = {n: torch.randn(shape, generator=g) for n in names}
+    save_file({n: t.to(dtype) for n, t in base.items()}, str(root / "base.safetensors"))
     paths = {}
     for k in range(experts):
-        expert = {n: t + 0.01 * torch.randn(SHAPE, generator=g) for n, t in base.items()}
+        expert = {
+            n: (t + 0.01 * torch.randn(shape, generator=g)).to(dtype) for n, t in base.items()
+        }
         paths[f"task{k}"] = str(root / f"expert{k}.safetensors")
         save_file(expert, paths[f"task{k}"])
         del expert
     del base
-    return ModelPool(PoolSpec(str(root / "base.safetensors"), paths, device=device))
+    spec = PoolSpec(str(root / "base.safetensors"), paths, device=device, dtype=tau_dtype)
+    return ModelPool(spec)
 
 
 def _sync(device: str) -> None:
@@ -163,6 +174,15 @@ def main() -> None:
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--params", type=float, default=100.7, help="pool size in millions of parameters"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float32+bfloat16"],
+        default="float32",
+        help="weights (and task vectors); float32+bfloat16: float32 weights, bfloat16 τ",
+    )
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--out", default=str(HERE / "results" / "merge_bandwidth.json"))
     args = parser.parse_args()
@@ -171,13 +191,17 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     dev, N, R = args.device, args.experts, args.repeats
 
+    rows = max(1, round(args.params * 1e6 / (BLOCKS * PER_BLOCK * SHAPE[1])))
+    weights, _, tau_dtype = args.dtype.partition("+")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        pool = build_pool(Path(tmp), N, dev)
+        pool = build_pool(
+            Path(tmp), N, dev, (rows, SHAPE[1]), getattr(torch, weights), tau_dtype or weights
+        )
         load_s = time.perf_counter() - t0
     P, T = pool.layout.num_params, pool.layout.num_tensors
     print(f"pool: {P / 1e6:.1f}M params, {T} tensors, {N} experts, built+loaded in {load_s:.0f}s")
-    ref = Triad(P, pool.live.dtype, dev)
+    ref = Triad(min(P, 64 * 2**20), pool.live.dtype, dev)  # ≥ 64M elements: far beyond cache
 
     rng = np.random.default_rng(0)
     per_block = np.repeat(rng.uniform(0.1, 0.5, (BLOCKS, N)), PER_BLOCK, axis=0)
@@ -186,7 +210,7 @@ def main() -> None:
         "layerwise": MergePlan(per_block),
         "densities": MergePlan(per_block, rng.uniform(0.1, 0.9, (T, N))),
     }
-    nbytes = (N + 2) * P * pool.live.element_size()
+    nbytes = P * (2 * pool.live.element_size() + N * pool.tau.element_size())
     results = {}
     for label in args.cases:
         name, options, kind = CASES[label]
@@ -238,7 +262,8 @@ def main() -> None:
             "repeats": R,
             "timing": (
                 "after one warm-up, each trial right after a triad run; best trial vs best triad "
-                "(ratio_to_triad) and median of the per-pair ratios; bytes = (N + 2)·P·4"
+                "(ratio_to_triad) and median of the per-pair ratios; bytes = P·(2·w + N·t) "
+                "for w-byte weights and t-byte task vectors; triad over min(P, 64M) elements"
             ),
             "target_ratio": 0.6,
         },
