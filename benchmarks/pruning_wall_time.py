@@ -25,14 +25,11 @@ benchmarks/results/pruning_wall_time.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import gc
 import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +37,7 @@ import numpy as np
 import optuna
 import torch
 from optuna.trial import TrialState
-from study_scores import Scorer, machine
+from study_scores import Scorer, bench_lock, machine
 
 from mergesweep.api import load_config_dict
 from mergesweep.driver import run_sweep
@@ -50,20 +47,8 @@ from mergesweep.zoo import zoo_dir
 
 HERE = Path(__file__).resolve().parent
 EXPERIMENT = HERE.parent / "experiments" / "pruning_text.yaml"
-LOCK = Path("/tmp/mergesweep-bench.lock")
 START_ATTR = "bench_start"  # study user attr: wall-clock time the sweep started
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@contextlib.contextmanager
-def bench_lock() -> Iterator[None]:
-    """The shared benchmark lock: one measurement on the machine at a time."""
-    with LOCK.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def config(kind: str, seed: int, trials: int, storage: str, args: argparse.Namespace) -> dict:

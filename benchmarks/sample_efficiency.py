@@ -30,21 +30,26 @@ Writes benchmarks/results/sample_efficiency.json (merged into the existing file)
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import gc
 import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 import torch
-from study_scores import Scorer, best_so_far, complete_trials, machine, trials_to
+from study_scores import (
+    LOCK,
+    Scorer,
+    bench_lock,
+    best_so_far,
+    complete_trials,
+    machine,
+    trials_to,
+)
 
 from mergesweep.api import load_config_dict, sweep
 from mergesweep.spaces import build_space
@@ -53,7 +58,6 @@ from mergesweep.zoo import zoo_dir
 
 HERE = Path(__file__).resolve().parent
 EXPERIMENTS = HERE.parent / "experiments"
-LOCK = Path("/tmp/mergesweep-bench.lock")
 CHECKPOINTS = (10, 20, 50, 100)
 TARGET = 0.99  # of the same seed's random-search best
 WALL_ATTR = "bench_wall_s"  # study user attr: sweep seconds summed over (resumed) runs
@@ -108,20 +112,6 @@ STUDIES: dict[str, tuple[str, list[str], str]] = {
         "BO layer-wise, BoTorch GP log-EI (λ per expert and block)",
     ),
 }
-
-
-@contextlib.contextmanager
-def bench_lock(path: Path | None = LOCK) -> Iterator[None]:
-    """The shared benchmark lock: one measurement on the machine at a time (None: no lock)."""
-    if path is None:
-        yield
-        return
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def study_config(
@@ -257,7 +247,8 @@ def merge_results(paths: list[Path], out_path: Path) -> None:
         merged["machine"] = part["machine"]
     for by_seed in merged["studies"].values():
         for res in by_seed.values():
-            res.pop("target", None), res.pop("trials_to_target", None)
+            res.pop("target", None)
+            res.pop("trials_to_target", None)
     merged["summary"] = summarise(merged["studies"])
     merged["merged_from"] = [str(p) for p in paths]
     out_path.write_text(json.dumps(merged, indent=1))

@@ -3,14 +3,19 @@
 * :class:`Scorer` keeps one pool resident with the config's merge method prepared and scores a
   plan by accuracy on the config's task data, on validation and on test;
 * :func:`best_so_far` and :func:`trials_to` read a single-objective study's progress;
-* :func:`machine` is the machine record every result JSON carries.
+* :func:`machine` is the machine record every result JSON carries;
+* :func:`bench_lock` is the lock that keeps benchmark measurements from overlapping.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import platform
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +29,9 @@ from mergesweep.objectives import build_objective
 from mergesweep.plan import MergePlan
 from mergesweep.runtime.worker import Evaluator
 
-__all__ = ["Scorer", "best_so_far", "complete_trials", "machine", "trials_to"]
+__all__ = ["LOCK", "Scorer", "bench_lock", "best_so_far", "complete_trials", "machine", "trials_to"]
+
+LOCK = Path("/tmp/mergesweep-bench.lock")
 
 # Options of a task's objective that describe its data (carried to the accuracy scorers).
 DATA_KEYS = ("data", "batch_size", "inputs", "label", "head", "max_length")
@@ -94,3 +101,17 @@ def machine() -> dict[str, Any]:
         "mergesweep": getattr(mergesweep, "__version__", ""),
         "python": platform.python_version(),
     }
+
+
+@contextlib.contextmanager
+def bench_lock(path: Path | None = LOCK) -> Iterator[None]:
+    """The shared benchmark lock: one measurement on the machine at a time (None: no lock)."""
+    if path is None:
+        yield
+        return
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

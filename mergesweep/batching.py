@@ -14,6 +14,7 @@ params, which :func:`mergesweep.study.reconcile` fails (re-queueing an enqueued 
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -115,6 +116,7 @@ def _check_updatable(backend: Any, session: Any, trial_id: int, checked: set[int
         checked.add(trial_id)
 
 
+@functools.cache
 def _attr_upsert(dialect: str) -> Any | None:
     """A builder of the user-attr upsert Optuna itself emits for SQLite and PostgreSQL, without
     its per-write trial lookup; None for other databases (Optuna's own path is used)."""

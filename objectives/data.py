@@ -307,7 +307,8 @@ class DataObjective(Objective):
     def evaluate(self, model: nn.Module) -> float:
         """Mean of the per-example metric over the fixed subset."""
         self._ready()
-        return self._mean(model, len(self.order))
+        total, count = self._sum(model, 0, len(self.order))
+        return total / count
 
     def evaluate_range(self, model: nn.Module, start: float, stop: float) -> tuple[float, int]:
         """Sum and count over the examples ``[size(start), size(stop))`` of the seeded order,
@@ -319,20 +320,16 @@ class DataObjective(Objective):
         n = len(self.order)
         return 0 if fraction <= 0 else n if fraction >= 1 else max(1, math.ceil(fraction * n))
 
-    def _mean(self, model: nn.Module, n: int) -> float:
-        total, count = self._sum(model, 0, n)
-        return total / count
-
     def _sum(self, model: nn.Module, lo: int, hi: int) -> tuple[float, int]:
         total, count, seen = 0.0, 0, 0
         with torch.inference_mode():
             for i, batch in enumerate(self._inputs):
+                if seen >= hi:
+                    break
                 size = len(next(iter(batch.values())))
                 a, b = max(lo - seen, 0), min(hi - seen, size)  # this batch's part of the range
                 seen += size
-                if b <= a:
-                    if seen >= hi:
-                        break
+                if a >= b:
                     continue
                 batch = {k: v[a:b] for k, v in batch.items()}
                 logits = self.logits(model, batch).float()
