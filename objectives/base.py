@@ -81,3 +81,9 @@ class Objective(ABC):
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of ``model`` on one batch from :meth:`batches` (differentiable)."""
         raise NotImplementedError(f"objective '{self.kind}' provides no logits")
+
+    def take_timings(self) -> dict[str, float]:
+        """Time spent inside the evaluations since the last call, by part (e.g. ``forward_s``:
+        the model's forward passes), then reset; the worker adds them to the trial's timings.
+        The default reports nothing."""
+        return {}

@@ -72,6 +72,8 @@ class Evaluator:
         A raising objective or a non-finite metric gives a failed result with the reason; the
         worker stays usable.
         """
+        for obj in self.objectives.values():
+            obj.take_timings()  # drop what a failed trial left behind
         try:
             t0 = time.perf_counter()
             self.method.apply(self.pool, job.plan)
@@ -93,4 +95,7 @@ class Evaluator:
         except Exception as exc:  # the trial fails, the sweep goes on
             return JobResult(job.number, error=f"{type(exc).__name__}: {exc}")
         timings = {"merge_s": t1 - t0, "eval_s": t2 - t1}
+        for obj in self.objectives.values():  # parts of eval_s the objectives time themselves
+            for key, value in obj.take_timings().items():
+                timings[key] = timings.get(key, 0.0) + value
         return JobResult(job.number, metrics, timings, counts=counts)

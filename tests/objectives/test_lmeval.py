@@ -235,6 +235,45 @@ def test_bfloat16_autocast_over_a_float32_model(tiny_lm, tiny_pool) -> None:
     assert next(model.parameters()).dtype == torch.float32  # the live model is not cast
 
 
+def test_forward_time_is_reported_per_trial_and_reset(tiny_lm, tiny_pool, tmp_path) -> None:
+    """``forward_s`` is the time inside the model's forward passes: part of the evaluation,
+    counted per objective since the last ``take_timings``, and in a worker's trial timings."""
+    import time
+
+    from mergesweep.runtime.base import Job
+    from mergesweep.runtime.worker import Evaluator
+
+    obj = build_objective("a", _spec(tiny_lm, tasks=["tiny_yesno", "tiny_color"]))
+    obj.setup(tiny_pool, seed=0)
+    model = tiny_pool.model("a")
+    obj.evaluate(model)
+    obj.take_timings()
+    t0 = time.perf_counter()
+    obj.evaluate(model)
+    spent = time.perf_counter() - t0
+    forward = obj.take_timings()["forward_s"]
+    assert 0.0 < forward < spent
+    assert obj.take_timings() == {"forward_s": 0.0}  # reset by the read
+    # Another objective sharing the HFLM does not count this one's passes.
+    other = build_objective("a", _spec(tiny_lm, tasks="tiny_color"))
+    other.setup(tiny_pool, seed=0)
+    obj.evaluate(model)
+    assert other.take_timings() == {"forward_s": 0.0} and obj.take_timings()["forward_s"] > 0
+    config = {
+        "name": "fw",
+        "storage": f"sqlite:///{tmp_path / 'fw.db'}",
+        "pool": {"base": str(tiny_lm["base"]), "experts": {k: str(tiny_lm[k]) for k in "ab"}},
+        "space": {"kind": "modelwise"},
+        "objectives": {t: _spec(tiny_lm, tasks="tiny_yesno") for t in "ab"},
+        "executor": {"threads": 1},
+    }
+    evaluator = Evaluator({**config, "objectives": {"tasks": config["objectives"]}})
+    plan = MergePlan.uniform(evaluator.pool.layout.num_tensors, [0.5, 0.5])
+    result = evaluator.evaluate(Job(0, plan))
+    assert result.error is None
+    assert 0.0 < result.timings["forward_s"] < result.timings["eval_s"]
+
+
 # -- the lm zoo ------------------------------------------------------------------------------
 def _lm_config(zoo: Path, tmp_path: Path, **executor) -> dict:
     tasks = {
