@@ -24,7 +24,8 @@ weights). mergekit lives in its own virtual environment, never in mergesweep's::
         && ~/mkvenv/bin/pip install mergekit==0.1.5 lm_eval==<mergesweep's version>
 
     python benchmarks/mergekit_paths.py --mergekit-venv ~/mkvenv [--pools lm large]
-        [--trials 8] [--trials-a 4] [--limit 100] [--large-limit 8]
+        [--trials 9] [--trials-a 4] [--limit 100] [--large-limit 8]
+        [--large-trials 5] [--large-trials-a 2]
 
 Every process uses one torch thread. The first trial of (M) and (C) warms their caches and is
 left out of the medians (the cold cost is reported as ``load_s``); every (A) trial is cold by
@@ -315,22 +316,22 @@ def _agreement(m_rows: list[dict], other: list[dict]) -> float:
 def bench_pool(name: str, args: argparse.Namespace, zoo: Path, tmp: Path) -> dict[str, Any]:
     if name == "lm":
         folders = {"base": zoo / "base", **{t: zoo / "experts" / t for t in TASKS}}
-        limit = args.limit
+        limit, trials, trials_a = args.limit, args.trials, args.trials_a
     else:
         root = large_pool(zoo, Path(args.cache).expanduser())
         folders = {n: root / n for n in ("base", *TASKS)}
-        limit = args.large_limit
+        limit, trials, trials_a = args.large_limit, args.large_trials, args.large_trials_a
     work = tmp / name
     work.mkdir()
-    config = _experiment(folders, zoo / "tasks", limit, args.trials, f"sqlite:///{work}/m.db")
-    print(f"[{name}] (M) mergesweep sweep, {args.trials} trials", flush=True)
+    config = _experiment(folders, zoo / "tasks", limit, trials, f"sqlite:///{work}/m.db")
+    print(f"[{name}] (M) mergesweep sweep, {trials} trials", flush=True)
     m_rows, m_load = run_mergesweep(config, work)
     configs = mergekit_yamls(config, m_rows, work)
     print(f"[{name}] (C) mergekit-evolve actor, {len(configs)} trials", flush=True)
     c_rows = run_actor(Path(args.mergekit_venv), configs, zoo / "tasks", limit, work / "c.log")
-    print(f"[{name}] (A) fresh processes, {args.trials_a} trials", flush=True)
+    print(f"[{name}] (A) fresh processes, {trials_a} trials", flush=True)
     a_rows = run_fresh(
-        Path(args.mergekit_venv), configs[1 : 1 + args.trials_a], zoo / "tasks", limit, work
+        Path(args.mergekit_venv), configs[1 : 1 + trials_a], zoo / "tasks", limit, work
     )
     m_parts, c_parts, a_parts = _parts_m(m_rows[1:]), _parts_mk(c_rows[1:]), _parts_mk(a_rows)
     return {
@@ -346,11 +347,28 @@ def bench_pool(name: str, args: argparse.Namespace, zoo: Path, tmp: Path) -> dic
         },
         "C": {**c_parts, "first_trial_s": c_rows[0]["total_s"]},
         "A": a_parts,
-        "ratio_A_over_M": a_parts["total"] / m_parts["total"],
-        "ratio_C_over_M": c_parts["total"] / m_parts["total"],
         "max_acc_diff": {"A": _agreement(m_rows[1:], a_rows), "C": _agreement(m_rows, c_rows)},
         "per_trial": {"M": m_rows, "C": c_rows, "A": a_rows},
+    } | ratios(m_parts, c_parts, a_parts)
+
+
+def ratios(m: dict, c: dict, a: dict) -> dict[str, Any]:
+    """Per-trial time ratios, and the same with every path's forward passes set to M's.
+
+    A and C evaluate both tasks in one ``simple_evaluate``, so lm-eval batches the two tasks'
+    requests together (sorted by length); M scores each task on its own. With few documents
+    per task that changes the padding, hence the forward time, by more than the paths'
+    overhead; ``*_same_forward`` compares the overheads alone. ``overhead_s``: a path's
+    per-trial time beyond its forward passes.
+    """
+    out: dict[str, Any] = {
+        "ratio_A_over_M": a["total"] / m["total"],
+        "ratio_C_over_M": c["total"] / m["total"],
+        "ratio_A_over_M_same_forward": (a["total"] - a["forward"] + m["forward"]) / m["total"],
+        "ratio_C_over_M_same_forward": (c["total"] - c["forward"] + m["forward"]) / m["total"],
+        "overhead_s": {k: p["total"] - p["forward"] for k, p in (("M", m), ("C", c), ("A", a))},
     }
+    return out
 
 
 def _param_count(folder: Path) -> int:
@@ -374,7 +392,9 @@ def _line(result: dict[str, Any]) -> str:
         f"{result['pool']} ({result['params'] / 1e6:.1f}M params, {result['limit_per_task']} "
         f"docs/task): M {m['total']:.2f} s/trial (forward {m['forward']:.2f} s, "
         f"{m['total_over_forward']:.3f}x), C {c['total']:.2f} s, A {a['total']:.2f} s; "
-        f"A/M {result['ratio_A_over_M']:.2f}x, C/M {result['ratio_C_over_M']:.2f}x; "
+        f"A/M {result['ratio_A_over_M']:.2f}x, C/M {result['ratio_C_over_M']:.2f}x (same "
+        f"forward: {result['ratio_A_over_M_same_forward']:.2f}x, "
+        f"{result['ratio_C_over_M_same_forward']:.2f}x); "
         f"max acc diff A {result['max_acc_diff']['A']:.4f}, C {result['max_acc_diff']['C']:.4f}"
     )
 
@@ -383,10 +403,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mergekit-venv", required=True, help="the venv holding mergekit")
     parser.add_argument("--pools", nargs="+", default=["lm", "large"], choices=("lm", "large"))
-    parser.add_argument("--trials", type=int, default=8, help="M and C trials (first: warm-up)")
+    parser.add_argument("--trials", type=int, default=9, help="M and C trials (first: warm-up)")
     parser.add_argument("--trials-a", type=int, default=4, help="A trials (each cold)")
     parser.add_argument("--limit", type=int, default=100, help="docs per task on the lm zoo")
     parser.add_argument("--large-limit", type=int, default=8, help="docs per task, large pool")
+    parser.add_argument("--large-trials", type=int, default=5, help="M and C trials, large pool")
+    parser.add_argument("--large-trials-a", type=int, default=2, help="A trials, large pool")
     parser.add_argument("--cache", default="~/.cache/mergesweep/bench")
     parser.add_argument("--out", default=str(HERE / "results" / "mergekit_paths.json"))
     args = parser.parse_args()
