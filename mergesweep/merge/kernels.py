@@ -4,17 +4,20 @@ Per trial a linear merge must read θ₀ and each τₖ once and write θ once: 
 memory traffic. Task vectors live in one ``(N, P)`` buffer, so a range of the merge is one
 ``addmv`` of the transposed ``(P, N)`` slice with the coefficient vector: a single streaming pass
 (measured at ~0.9 of STREAM triad bandwidth on 2 CPU cores, where a loop of ``add_`` over the
-experts re-reads the output N times and reaches ~0.5).
+experts re-reads the output N times and reaches ~0.5). Low-precision layouts (bfloat16 weights,
+or bfloat16 task vectors under float32 weights) have several kernels whose speed depends on the
+CPU's instructions; the fastest is timed and picked once per process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["CHUNK", "Scratch", "linear_range", "triad"]
+__all__ = ["CHUNK", "KERNELS", "Scratch", "linear_range", "triad"]
 
 CHUNK = 1 << 20  # elements per addmv call: long enough to amortise the call, short for scratch
 
@@ -39,6 +42,82 @@ class Scratch:
 _SCRATCH = Scratch()
 
 
+def _addmm(out, base, tau, lam, lo, hi, chunk) -> None:
+    """Same-dtype low precision: a (1, N) × (N, chunk) ``addmm`` per chunk (oneDNN, float32
+    accumulation; fast where the CPU has bfloat16 instructions: AVX512-BF16, AMX)."""
+    row = lam[None]
+    for s in range(lo, hi, chunk):
+        e = min(s + chunk, hi)
+        torch.addmm(base[s:e][None], row, tau[:, s:e], out=out[s:e][None])
+
+
+def _accumulate(out, base, tau, lam, lo, hi, chunk) -> None:
+    """Low-precision weights: a float32 accumulator of one chunk (cache-resident), one ``add_``
+    per expert, one rounding into ``out`` (fast on CPUs without bfloat16 instructions)."""
+    acc = _SCRATCH.get("acc", (chunk,), out, dtype=torch.float32)
+    coeffs = lam.tolist()
+    for s in range(lo, hi, chunk):
+        e = min(s + chunk, hi)
+        a = acc[: e - s]
+        a.copy_(base[s:e])
+        for k, c in enumerate(coeffs):
+            a.add_(tau[k, s:e], alpha=c)
+        out[s:e].copy_(a)
+
+
+def _widen(out, base, tau, lam, lo, hi, chunk) -> None:
+    """``addmv`` per chunk; task vectors narrower than the weights (bfloat16 τ over float32
+    weights) are widened one chunk at a time into a reused buffer."""
+    for s in range(lo, hi, chunk):
+        e = min(s + chunk, hi)
+        t = tau[:, s:e]
+        if t.dtype != out.dtype:
+            t = _SCRATCH.get("widen", tuple(t.shape), out).copy_(t)
+        torch.addmv(base[s:e], t.T, lam, out=out[s:e])
+
+
+# (kernel, chunk) candidates per dtype layout; the fastest on this CPU is picked on first use.
+_CANDIDATES = {
+    "same": [(_widen, CHUNK)],
+    "low": [(_addmm, CHUNK), (_accumulate, 1 << 18), (_accumulate, 1 << 16)],
+    "narrow_tau": [(_widen, CHUNK), (_widen, 1 << 18), (_widen, 1 << 16)],
+}
+_CHOSEN: dict[tuple, tuple] = {}
+_TUNE_ELEMENTS = 1 << 22  # beyond the caches, small enough to time in milliseconds
+
+
+def _layout(out: torch.Tensor, tau: torch.Tensor) -> str:
+    if out.dtype in (torch.bfloat16, torch.float16):
+        return "low" if tau.dtype == out.dtype else "same"
+    return "narrow_tau" if tau.dtype != out.dtype else "same"
+
+
+def _chosen(out: torch.Tensor, tau: torch.Tensor) -> tuple:
+    """The fastest (kernel, chunk) for this layout and expert count on this CPU, timed once
+    per process on scratch buffers (CPUs differ: bfloat16 ``addmm`` is 5× faster than an
+    accumulator on AMX and 5× slower on AVX2 alone)."""
+    key = (_layout(out, tau), out.dtype, tau.dtype, tau.shape[0])
+    if key not in _CHOSEN:
+        options = _CANDIDATES[key[0]]
+        if len(options) == 1:
+            _CHOSEN[key] = options[0]
+        else:
+            n = _TUNE_ELEMENTS
+            o, b = torch.empty(n, dtype=out.dtype), torch.zeros(n, dtype=out.dtype)
+            t = torch.zeros(tau.shape[0], n, dtype=tau.dtype)
+            lam = torch.full((tau.shape[0],), 0.5, dtype=out.dtype)
+            best = None
+            for fn, chunk in options:
+                fn(o, b, t, lam, 0, n, chunk)  # warm-up: scratch, oneDNN primitives
+                t0 = time.perf_counter()
+                fn(o, b, t, lam, 0, n, chunk)
+                spent = time.perf_counter() - t0
+                if best is None or spent < best[0]:
+                    best = (spent, fn, chunk)
+            _CHOSEN[key] = best[1:]
+    return _CHOSEN[key]
+
+
 def linear_range(
     out: torch.Tensor,
     base: torch.Tensor,
@@ -46,27 +125,25 @@ def linear_range(
     coeffs: Sequence[float] | np.ndarray,
     lo: int,
     hi: int,
-    chunk: int = CHUNK,
+    chunk: int | None = None,
+    kernel: Callable[..., None] | None = None,
 ) -> None:
-    """``out[lo:hi] = base[lo:hi] + Σₖ coeffs[k]·tau[k, lo:hi]`` without model-sized temporaries."""
+    """``out[lo:hi] = base[lo:hi] + Σₖ coeffs[k]·tau[k, lo:hi]`` without model-sized temporaries.
+
+    ``kernel`` and ``chunk`` default to the fastest for the dtypes and expert count on this
+    CPU (:func:`_chosen`); tests pass each kernel explicitly.
+    """
     lam = torch.as_tensor(np.asarray(coeffs, dtype=np.float64), dtype=out.dtype, device=out.device)
     if out.is_cuda:  # one launch per range: the GPU needs big kernels, not cache blocking
-        chunk = max(hi - lo, 1)
-    if out.dtype == torch.bfloat16 and tau.dtype == out.dtype and not out.is_cuda:
-        # CPU bfloat16 addmv is a slow reference loop (0.1–0.2 of a triad); the same sum as a
-        # (1, N) × (N, chunk) addmm goes through oneDNN with float32 accumulation (0.4–0.76).
-        row = lam[None]
-        for s in range(lo, hi, chunk):
-            e = min(s + chunk, hi)
-            torch.addmm(base[s:e][None], row, tau[:, s:e], out=out[s:e][None])
+        (kernel or _widen)(out, base, tau, lam, lo, hi, max(hi - lo, 1))
         return
-    for s in range(lo, hi, chunk):
-        e = min(s + chunk, hi)
-        t = tau[:, s:e]
-        if t.dtype != out.dtype:  # bf16/fp16 task vectors: widen one chunk at a time
-            wide = _SCRATCH.get("widen", tuple(t.shape), out)
-            t = wide.copy_(t)
-        torch.addmv(base[s:e], t.T, lam, out=out[s:e])
+    if kernel is None:
+        kernel, tuned = _chosen(out, tau)
+        chunk = chunk or tuned
+    kernel(out, base, tau, lam, lo, hi, chunk or CHUNK)
+
+
+KERNELS = {"addmm": _addmm, "accumulate": _accumulate, "widen": _widen}
 
 
 def triad(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, scalar: float = 3.0) -> None:

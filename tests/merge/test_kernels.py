@@ -6,26 +6,31 @@ import numpy as np
 import pytest
 import torch
 
-from mergesweep.merge.kernels import linear_range
+from mergesweep.merge import kernels
+from mergesweep.merge.kernels import KERNELS, linear_range
+
+_LAYOUTS = [
+    (torch.float32, torch.float32),
+    (torch.float32, torch.bfloat16),
+    (torch.bfloat16, torch.bfloat16),
+]
 
 
 @pytest.mark.parametrize("experts", [1, 2, 3, 8])
 @pytest.mark.parametrize(
-    ("model", "tau"),
-    [
-        (torch.float32, torch.float32),
-        (torch.float32, torch.bfloat16),
-        (torch.bfloat16, torch.bfloat16),
-    ],
+    ("kernel", "model", "tau"),
+    # addmm takes task vectors in the weights' dtype only
+    [(k, m, t) for k in [None, *KERNELS] for m, t in _LAYOUTS if k != "addmm" or m == t],
 )
-def test_linear_range_matches_a_float64_sum(experts, model, tau) -> None:
+def test_linear_range_matches_a_float64_sum(kernel, experts, model, tau) -> None:
+    """Every kernel (None: the one tuned for this CPU) in every layout it takes."""
     g = torch.Generator().manual_seed(experts)
     n, chunk, lo, hi = 10_000, 1_024, 37, 9_001  # several chunks and a ragged last one
     base = torch.randn(n, generator=g).to(model)
     vecs = (0.05 * torch.randn(experts, n, generator=g)).to(tau)
     coeffs = np.linspace(-0.5, 1.25, experts)
     out = torch.full((n,), 7.0, dtype=model)
-    linear_range(out, base, vecs, coeffs, lo, hi, chunk=chunk)
+    linear_range(out, base, vecs, coeffs, lo, hi, chunk=chunk, kernel=KERNELS.get(kernel))
     # λ is rounded to the model's dtype, as the kernel does; the sum is then exact in float64.
     lam = torch.as_tensor(coeffs).to(model).double()
     want = base.double()[lo:hi] + lam @ vecs.double()[:, lo:hi]
@@ -33,3 +38,15 @@ def test_linear_range_matches_a_float64_sum(experts, model, tau) -> None:
     tol = 1e-6 if model == torch.float32 else 2**-8  # one bfloat16 rounding of values ~ 1
     assert torch.allclose(got[lo:hi], want, rtol=tol, atol=tol)
     assert torch.all(got[:lo] == 7.0) and torch.all(got[hi:] == 7.0)  # nothing outside
+
+
+def test_the_tuned_kernel_is_timed_once_per_layout_and_expert_count() -> None:
+    kernels._CHOSEN.clear()
+    for experts in (2, 2, 3):
+        out, tau = torch.empty(8, dtype=torch.bfloat16), torch.zeros(experts, 8).bfloat16()
+        linear_range(out, torch.zeros(8).bfloat16(), tau, [0.5] * experts, 0, 8)
+        assert torch.all(out == 0)
+    chosen = {k[-1]: v for k, v in kernels._CHOSEN.items()}
+    assert sorted(chosen) == [2, 3]
+    for fn, chunk in chosen.values():
+        assert (fn, chunk) in kernels._CANDIDATES["low"]
