@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "ExecutorError",
     "MergesweepError",
     "MissingFileError",
     "ObjectiveError",
@@ -56,3 +57,7 @@ class StorageError(MergesweepError, RuntimeError):
 
 class ResumeMismatchError(MergesweepError, ValueError):
     """A study is resumed with a config or pool that no longer matches what it was built with."""
+
+
+class ExecutorError(MergesweepError, RuntimeError):
+    """Workers cannot run: the pool does not load on a worker, or Ray cannot be reached."""

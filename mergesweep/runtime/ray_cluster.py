@@ -6,15 +6,11 @@ import logging
 import os
 import socket
 
-from mergesweep.errors import ConfigError, MergesweepError
+from mergesweep.errors import ConfigError, ExecutorError
 
-__all__ = ["CONNECT_TIMEOUT_S", "ExecutorError", "available", "check_resources", "connect_ray"]
+__all__ = ["CONNECT_TIMEOUT_S", "available", "check_resources", "connect_ray"]
 
 CONNECT_TIMEOUT_S = 5.0
-
-
-class ExecutorError(MergesweepError, RuntimeError):
-    """Workers cannot run: the pool does not load on a worker, or Ray cannot be reached."""
 
 
 def _check_reachable(address: str) -> None:

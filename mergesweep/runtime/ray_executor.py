@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mergesweep.config import ExecutorConfig, parse_config
+from mergesweep.errors import ExecutorError
 from mergesweep.pool import PoolLayout
 from mergesweep.runtime.base import Executor, Job, JobResult
-from mergesweep.runtime.ray_cluster import ExecutorError, available, check_resources, connect_ray
+from mergesweep.runtime.ray_cluster import available, check_resources, connect_ray
 from mergesweep.runtime.ray_worker import Worker
 
 __all__ = ["ExecutorError", "RayExecutor"]

@@ -14,10 +14,9 @@ from optuna.trial import TrialState
 from rt_configs import with_callable
 
 from mergesweep.driver import run_sweep
-from mergesweep.errors import ConfigError
+from mergesweep.errors import ConfigError, ExecutorError
 from mergesweep.pareto import base_scores
 from mergesweep.runtime import Job
-from mergesweep.runtime.ray_cluster import ExecutorError
 from mergesweep.runtime.ray_executor import RayExecutor
 from mergesweep.search import distributions
 from mergesweep.storage import open_storage
