@@ -21,6 +21,7 @@ def trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "metrics": dict(t.user_attrs.get("metrics", {})),
         "merge_s": timings.get("merge_s"),
         "eval_s": timings.get("eval_s"),
+        "forward_s": timings.get("forward_s"),  # objectives that time their forward passes
         "params": dict(t.params),
         "forked_from": t.user_attrs.get("forked_from"),
     }
@@ -56,6 +57,9 @@ def render_best(study: optuna.Study, limit: int = 10, title: str | None = None):
             table.add_column(task, justify="right")
     table.add_column("merge s", justify="right")
     table.add_column("eval s", justify="right")
+    forward = any(r["forward_s"] is not None for r in rows)
+    if forward:
+        table.add_column("forward s", justify="right")
     for r in rows:
         cells = [str(r["number"]) + (" *" if r["forked_from"] else "")]
         cells += [f"{v:.4f}" for v in r["values"]]
@@ -65,6 +69,8 @@ def render_best(study: optuna.Study, limit: int = 10, title: str | None = None):
             "-" if r["merge_s"] is None else f"{r['merge_s']:.3f}",
             "-" if r["eval_s"] is None else f"{r['eval_s']:.3f}",
         ]
+        if forward:
+            cells.append("-" if r["forward_s"] is None else f"{r['forward_s']:.3f}")
         table.add_row(*cells)
     return table
 

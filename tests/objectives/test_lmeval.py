@@ -265,13 +265,34 @@ def test_forward_time_is_reported_per_trial_and_reset(tiny_lm, tiny_pool, tmp_pa
         "pool": {"base": str(tiny_lm["base"]), "experts": {k: str(tiny_lm[k]) for k in "ab"}},
         "space": {"kind": "modelwise"},
         "objectives": {t: _spec(tiny_lm, tasks="tiny_yesno") for t in "ab"},
-        "executor": {"threads": 1},
+        "executor": {"kind": "inline", "threads": 1},
     }
     evaluator = Evaluator({**config, "objectives": {"tasks": config["objectives"]}})
     plan = MergePlan.uniform(evaluator.pool.layout.num_tensors, [0.5, 0.5])
     result = evaluator.evaluate(Job(0, plan))
     assert result.error is None
     assert 0.0 < result.timings["forward_s"] < result.timings["eval_s"]
+    # A sweep stores it with the trial, and `mergesweep show` lists it.
+    import optuna
+    import yaml
+    from click.testing import CliRunner
+
+    from mergesweep.cli import main
+
+    path = tmp_path / "fw.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {**config, "budget": {"trials": 2}, "objectives": {"tasks": config["objectives"]}}
+        )
+    )
+    runner = CliRunner()
+    assert runner.invoke(main, ["run", str(path), "--no-progress"]).exit_code == 0
+    study = optuna.load_study(study_name="fw", storage=config["storage"])
+    for t in study.trials:
+        timings = t.user_attrs["timings"]
+        assert 0.0 < timings["forward_s"] < timings["eval_s"]
+    shown = runner.invoke(main, ["show", "fw", "--storage", config["storage"]]).output
+    assert "forward s" in shown
 
 
 # -- the lm zoo ------------------------------------------------------------------------------
