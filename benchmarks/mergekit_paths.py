@@ -386,14 +386,6 @@ def _param_count(folder: Path) -> int:
     return total
 
 
-def _cpu() -> str:
-    """The CPU's model name and its widest vector unit torch uses (AVX2, AVX512...)."""
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.is_file() else []
-    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
-    return f"{name or platform.machine()} ({torch.backends.cpu.get_cpu_capability()})"
-
-
 def _line(result: dict[str, Any]) -> str:
     m, c, a = result["M"], result["C"], result["A"]
     return (
@@ -427,7 +419,7 @@ def main() -> None:
     from mergesweep.zoo import ensure_zoo
 
     sys.path.insert(0, str(HERE))
-    from study_scores import bench_lock
+    from study_scores import bench_lock, cpu_name
 
     zoo = ensure_zoo("lm", progress=True)
     versions = subprocess.run(
@@ -455,7 +447,7 @@ def main() -> None:
         "machine": {
             "cores": os.cpu_count(),
             "platform": platform.platform(),
-            "cpu": _cpu(),
+            "cpu": cpu_name(),
             "torch_threads": 1,
             "load_avg_1m_at_end": os.getloadavg()[0],
         },

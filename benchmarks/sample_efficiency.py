@@ -245,6 +245,10 @@ def merge_results(paths: list[Path], out_path: Path) -> None:
         budgets = {**merged.get("settings", {}).get("budgets", {}), **ran}
         merged["settings"] = {**part["settings"], "budgets": budgets}
         merged["machine"] = part["machine"]
+        # Parts may come from different machines (wall times are per machine): keep each.
+        for m in part.get("machines", [part["machine"]]):
+            if m not in merged.setdefault("machines", []):
+                merged["machines"].append(m)
     for by_seed in merged["studies"].values():
         for res in by_seed.values():
             res.pop("target", None)

@@ -91,9 +91,18 @@ def trials_to(curve: np.ndarray, target: float) -> int | None:
     return int(hit[0] + 1) if hit.size else None
 
 
+def cpu_name() -> str:
+    """The CPU's model name and the widest vector unit torch uses (AVX2, AVX512...)."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
+    return f"{name or platform.machine()} ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def machine() -> dict[str, Any]:
     return {
         "date": time.strftime("%Y-%m-%d"),
+        "cpu": cpu_name(),
         "cpus": os.cpu_count(),
         "load_avg_1m": os.getloadavg()[0],
         "torch": torch.__version__,
