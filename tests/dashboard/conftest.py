@@ -71,23 +71,33 @@ def pareto_sweep(digits_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="session")
-def cli_dashboard(pareto_sweep: Sweep) -> Iterator[str]:
+def cli_dashboard(pareto_sweep: Sweep, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mergesweep dashboard --port 0`` on the sweep's storage, as a user starts it; its URL."""
     cmd = [sys.executable, "-m", "mergesweep.cli", "dashboard", "--storage", pareto_sweep.url]
-    proc = subprocess.Popen(
-        [*cmd, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    # stderr to a file, not a pipe nobody drains: a full pipe would block the server's writes
+    # (e.g. a client's dropped connection logged by wsgiref) and its exit.
+    log = tmp_path_factory.mktemp("dash-cli") / "stderr.log"
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}  # SIGABRT dumps every thread's stack
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [*cmd, "--port", "0"], stdout=subprocess.PIPE, stderr=err, text=True, env=env
+        )
     line = proc.stdout.readline()  # "mergesweep dashboard: http://127.0.0.1:PORT/dashboard ..."
     if "http://" not in line:
         proc.kill()
-        pytest.fail(f"dashboard did not start: {line}{proc.stderr.read()[-2000:]}")
+        pytest.fail(f"dashboard did not start: {line}{log.read_text()[-2000:]}")
     yield line.split()[2]
     proc.send_signal(signal.SIGINT)
     try:
-        assert proc.wait(timeout=30) == 0, proc.stderr.read()[-2000:]
+        code = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # where it hangs, into the log
+        proc.wait(timeout=10)
+        pytest.fail(f"the dashboard did not exit within 30 s of SIGINT:\n{log.read_text()[-4000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
+    assert code == 0, log.read_text()[-2000:]
 
 
 def _apt_install(packages: list[str]) -> str | None:
