@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from study_scores import cpu_name
 
 from mergesweep.merge import PrepareContext, build_method
 from mergesweep.merge.kernels import triad
@@ -229,20 +230,12 @@ def main() -> None:
             f"{res['paired_ratio_median']}), prepare {prepare_s:.1f}s, RSS +{rss.growth_mb} MB"
         )
 
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
     report = {
         "benchmark": "merge_bandwidth",
         "command": " ".join(["python", "benchmarks/merge_bandwidth.py", *sys.argv[1:]]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
-            "cpu": cpu,
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,

@@ -60,7 +60,6 @@ HERE = Path(__file__).resolve().parent
 SIDE = HERE / "mergekit_side.py"
 TASKS = ("topic", "sentiment")
 LARGE = {"n_layer": 12, "n_embd": 896, "n_head": 14, "seed": 0, "tau_std": 0.002}
-PARTS = ("merge", "load", "forward", "eval_rest", "other")
 
 
 def _env() -> dict[str, str]:
@@ -279,18 +278,17 @@ def _median(values: list[float]) -> float:
 
 
 def _parts_m(rows: list[dict]) -> dict[str, float]:
-    merge = [r["timings"]["merge_s"] for r in rows]
-    forward = [r["timings"]["forward_s"] for r in rows]
-    rest = [r["timings"]["eval_s"] - r["timings"]["forward_s"] for r in rows]
-    other = [r["total_s"] - r["timings"]["merge_s"] - r["timings"]["eval_s"] for r in rows]
-    return {
-        "total": _median([r["total_s"] for r in rows]),
-        "merge": _median(merge),
-        "load": 0.0,
-        "forward": _median(forward),
-        "eval_rest": _median(rest),
-        "other": _median(other),
-    }
+    """M's rows in the mergekit paths' shape (the pool loads once, not per trial)."""
+    flat = [
+        {
+            **r["timings"],
+            "load_s": 0.0,
+            "total_s": r["total_s"],
+            "other_s": r["total_s"] - r["timings"]["merge_s"] - r["timings"]["eval_s"],
+        }
+        for r in rows
+    ]
+    return _parts_mk(flat)
 
 
 def _parts_mk(rows: list[dict]) -> dict[str, float]:

@@ -264,10 +264,10 @@ def test_forward_time_is_reported_per_trial_and_reset(tiny_lm, tiny_pool, tmp_pa
         "storage": f"sqlite:///{tmp_path / 'fw.db'}",
         "pool": {"base": str(tiny_lm["base"]), "experts": {k: str(tiny_lm[k]) for k in "ab"}},
         "space": {"kind": "modelwise"},
-        "objectives": {t: _spec(tiny_lm, tasks="tiny_yesno") for t in "ab"},
+        "objectives": {"tasks": {t: _spec(tiny_lm, tasks="tiny_yesno") for t in "ab"}},
         "executor": {"kind": "inline", "threads": 1},
     }
-    evaluator = Evaluator({**config, "objectives": {"tasks": config["objectives"]}})
+    evaluator = Evaluator(config)
     plan = MergePlan.uniform(evaluator.pool.layout.num_tensors, [0.5, 0.5])
     result = evaluator.evaluate(Job(0, plan))
     assert result.error is None
@@ -280,11 +280,7 @@ def test_forward_time_is_reported_per_trial_and_reset(tiny_lm, tiny_pool, tmp_pa
     from mergesweep.cli import main
 
     path = tmp_path / "fw.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {**config, "budget": {"trials": 2}, "objectives": {"tasks": config["objectives"]}}
-        )
-    )
+    path.write_text(yaml.safe_dump({**config, "budget": {"trials": 2}}))
     runner = CliRunner()
     assert runner.invoke(main, ["run", str(path), "--no-progress"]).exit_code == 0
     study = optuna.load_study(study_name="fw", storage=config["storage"])
