@@ -3,7 +3,9 @@
 Optuna commits every ``set_trial_param`` and ``set_trial_user_attr`` on its own: asking a point
 of a 20-parameter layer-wise space costs 20 SQLite transactions (~9 ms each with SQLAlchemy's
 per-session work), more than the sampler itself. Inside :func:`batched_writes` those writes are
-buffered and committed together when the block ends, in the order they were made.
+buffered and committed together when the block ends, in the order they were made; so is the
+final state a ``tell`` in the block writes (its values and completion time), so a finished trial
+costs one transaction: attrs, values and state. The params go in as one multi-row insert.
 
 Why it is safe: a trial's own params are served to the sampler from Optuna's in-memory copy of
 the trial (``Trial._cached_frozen_trial``), never read back from the storage during ``ask``;
@@ -19,9 +21,11 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 __all__ = ["batched_writes", "coalesced_reads"]
 
@@ -41,9 +45,18 @@ def _rdb(storage: Any) -> Any | None:
     return backend
 
 
+# System attrs are written through: samplers read them back within the ask (GridSampler).
+_BUFFERED = ("set_trial_param", "set_trial_user_attr", "set_trial_state_values")
+
+
 @contextmanager
 def batched_writes(study: optuna.Study) -> Iterator[None]:
-    """Buffer the study's trial param and user-attr writes; commit them in one transaction.
+    """Buffer the study's trial param and user-attr writes, and the final state a ``tell``
+    writes; commit them in one transaction, in the order they were made, when the block ends.
+
+    A ``tell`` inside the block returns before its state is stored (Optuna's returned copy
+    still says RUNNING); the state is committed with the attrs written before it, so a
+    complete trial is never stored without them.
 
     Example:
         >>> with batched_writes(study):  # doctest: +SKIP
@@ -56,14 +69,24 @@ def batched_writes(study: optuna.Study) -> Iterator[None]:
         yield
         return
     writes: list[tuple[Any, ...]] = []
+    set_state = storage.set_trial_state_values
+
+    def state(trial_id: int, state: TrialState, values: Any = None) -> bool:
+        if not state.is_finished():  # WAITING → RUNNING in ask: its answer is needed now
+            return set_state(trial_id, state, values)
+        writes.append(("state", trial_id, state, values))
+        return True
+
     storage.set_trial_param = lambda *args: writes.append(("param", *args))
     storage.set_trial_user_attr = lambda trial_id, key, value: writes.append(
         ("attr", trial_id, key, value)
     )
+    storage.set_trial_state_values = state
     try:
         yield
     finally:
-        del storage.set_trial_param, storage.set_trial_user_attr
+        for name in _BUFFERED:
+            delattr(storage, name)
         if writes:
             _commit(storage, backend, writes)
 
@@ -75,10 +98,11 @@ def _commit(storage: Any, backend: Any, writes: list[tuple[Any, ...]]) -> None:
 
     with storage._lock, _create_scoped_session(backend.scoped_session, True) as session:
         checked: set[int] = set()  # trials found and updatable (one query each, not per write)
-        upsert = _attr_upsert(backend.engine.name)
+        params: list[dict[str, Any]] = []  # inserted together, in order, before any state
         for kind, trial_id, *rest in writes:
             if kind == "attr":
                 key, value = rest
+                upsert = _attr_upsert(backend.engine.name)
                 if upsert is None:
                     backend._set_trial_attr_without_commit(
                         session, models.TrialUserAttributeModel, trial_id, key, value
@@ -87,23 +111,54 @@ def _commit(storage: Any, backend: Any, writes: list[tuple[Any, ...]]) -> None:
                 _check_updatable(backend, session, trial_id, checked)
                 session.execute(upsert(trial_id, key, value))
                 continue
+            if kind == "state":
+                _insert_params(session, params)
+                _finish_trial(backend, session, trial_id, *rest)
+                continue
             name, internal, dist = rest
             study_id, _ = storage._trial_id_to_study_id_and_number[trial_id]
             known = storage._studies[study_id].param_distribution
             if name not in known:  # first use of the name: Optuna's path checks the study
+                _insert_params(session, params)
                 backend._set_trial_param_without_commit(session, trial_id, name, internal, dist)
+                session.flush()  # its param id precedes the ones inserted after it
                 known[name] = dist
                 continue
             _check_updatable(backend, session, trial_id, checked)
             check_distribution_compatibility(known[name], dist)
-            session.add(
-                models.TrialParamModel(
-                    trial_id=trial_id,
-                    param_name=name,
-                    param_value=internal,
-                    distribution_json=distribution_to_json(dist),
-                )
+            params.append(
+                {
+                    "trial_id": trial_id,
+                    "param_name": name,
+                    "param_value": internal,
+                    "distribution_json": distribution_to_json(dist),
+                }
             )
+        _insert_params(session, params)
+
+
+def _insert_params(session: Any, params: list[dict[str, Any]]) -> None:
+    """One multi-row insert of the buffered params (ids follow their order), then none left."""
+    if params:
+        import sqlalchemy as sa
+        from optuna.storages._rdb import models
+
+        session.execute(sa.insert(models.TrialParamModel.__table__), params)
+        params.clear()
+
+
+def _finish_trial(
+    backend: Any, session: Any, trial_id: int, state: TrialState, values: Any
+) -> None:
+    """What :meth:`RDBStorage.set_trial_state_values` does for a finished state, in ``session``."""
+    from optuna.storages._rdb import models
+
+    trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+    backend.check_trial_is_updatable(trial_id, trial.state)
+    for objective, value in enumerate(values or ()):
+        backend._set_trial_value_without_commit(session, trial, objective, value)
+    trial.state = state
+    trial.datetime_complete = datetime.now()
 
 
 def _check_updatable(backend: Any, session: Any, trial_id: int, checked: set[int]) -> None:

@@ -281,7 +281,7 @@ def _climb(
         trial.set_user_attr("timings", timings)
         trial.set_user_attr("worker", result.worker)
         trial.set_user_attr("rungs", records)
-    setup.study.tell(trial, state=TrialState.PRUNED)
+        setup.study.tell(trial, state=TrialState.PRUNED)
     return "pruned"
 
 
@@ -300,7 +300,8 @@ def _finish(
     if result.ok:
         values = study_values(setup, result.metrics, trial.params)
         if all(math.isfinite(v) for v in values):
-            with batched_writes(setup.study):  # committed before tell: a complete trial is whole
+            # One transaction: the attrs, then the values and state (a complete trial is whole).
+            with batched_writes(setup.study):
                 trial.set_user_attr("metrics", result.metrics)
                 trial.set_user_attr("timings", timings)
                 trial.set_user_attr("worker", result.worker)
@@ -309,7 +310,7 @@ def _finish(
                         trial.set_user_attr(key, value)
                 if hv is not None:
                     trial.set_user_attr("hypervolume", hv.add(values))
-            setup.study.tell(trial, values)
+                setup.study.tell(trial, values)
             return True
         result.error = f"non-finite study value {values}"
     trial.set_user_attr("fail_reason", result.error)

@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from mergesweep.errors import StorageError
+from mergesweep.trial_reads import FastReadStorage
 
 __all__ = ["DEFAULT_STORAGE", "count_trials", "open_storage", "require_study", "study_names"]
 
@@ -53,7 +54,10 @@ def _with_driver(url: str) -> str:
 
 
 def open_storage(url: str = DEFAULT_STORAGE) -> optuna.storages.RDBStorage:
-    """Open (creating tables if needed) the storage at ``url``; one-line error if impossible."""
+    """Open (creating tables if needed) the storage at ``url``; one-line error if impossible.
+
+    Trials are read through :class:`~mergesweep.trial_reads.FastReadStorage` (Optuna's storage,
+    same tables, cheaper reads)."""
     engine_kwargs: dict = {}
     if url.startswith("sqlite:"):
         _prepare_sqlite(url)
@@ -62,7 +66,7 @@ def open_storage(url: str = DEFAULT_STORAGE) -> optuna.storages.RDBStorage:
         engine_kwargs = {"pool_pre_ping": True}
     for attempt in range(5):
         try:
-            storage = optuna.storages.RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs)
+            storage = FastReadStorage(_with_driver(url), engine_kwargs=engine_kwargs)
             break
         except Exception as exc:
             if attempt < 4 and _creation_race(exc):  # another driver is creating the tables

@@ -10,6 +10,7 @@ import optuna
 
 from mergesweep.errors import ConfigError
 from mergesweep.search.base import SearchContext, Searcher
+from mergesweep.search.truncnorm import use_scipy_truncnorm
 from mergesweep.spaces.base import Space
 
 __all__ = ["GP", "NSGA2", "TPE", "CmaEs", "Grid", "Random"]
@@ -25,6 +26,7 @@ class TPE(Searcher):
         self.multivariate = multivariate
 
     def sampler(self, ctx: SearchContext) -> optuna.samplers.BaseSampler:
+        use_scipy_truncnorm()  # TPE's candidate draws in C rather than Python loops
         return optuna.samplers.TPESampler(
             seed=ctx.seed,
             n_startup_trials=self.n_startup_trials,

@@ -8,6 +8,8 @@ test sees ``MERGESWEEP_CACHE`` set to it, so no test writes into ``~/.cache/merg
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+# The PostgreSQL server of the machine (tests that need it skip, saying why, where it is absent).
+PG_HOST, PG_PORT = "127.0.0.1", 5432
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -151,3 +156,39 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
     (out["tasks"] / "tiny_ppl.yaml").write_text(yaml.safe_dump(rolling, sort_keys=False))
     return out
+
+
+def _pg_admin():
+    """A connection to the ``postgres`` database as the first user the server accepts."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        socket.create_connection((PG_HOST, PG_PORT), timeout=2).close()
+    except OSError:
+        pytest.skip(f"PostgreSQL: nothing listens on {PG_HOST}:{PG_PORT}")
+    errors = []
+    for user in ("postgres", "root"):
+        try:
+            conn = psycopg2.connect(
+                host=PG_HOST, port=PG_PORT, user=user, dbname="postgres", connect_timeout=5
+            )
+        except psycopg2.OperationalError as exc:
+            errors.append(f"{user}: {str(exc).strip()}")
+            continue
+        conn.autocommit = True
+        return conn, user
+    pytest.skip(f"PostgreSQL on {PG_HOST}:{PG_PORT} accepts neither user: {'; '.join(errors)}")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh database for this test (dropped afterwards); yields its SQLAlchemy URL."""
+    conn, user = _pg_admin()
+    name = f"mergesweep_test_{uuid.uuid4().hex[:12]}"
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://{user}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()

@@ -136,3 +136,42 @@ def test_reconcile_requeues_an_enqueued_point_killed_before_its_params(tmp_path)
     assert trials[1].state == TrialState.WAITING
     assert trials[1].system_attrs["fixed_params"] == point
     assert trials[1].user_attrs["requeue_of"] == 0
+
+
+def test_a_tell_in_the_block_commits_attrs_values_and_state_together(tmp_path) -> None:
+    study, url = _study(tmp_path)
+    with batched_writes(study), coalesced_reads(study):
+        first = study.ask(DISTS)  # the first ask takes Optuna's path for new param names
+    study.tell(first, 0.5)
+    commits = _commits(study)
+    with batched_writes(study), coalesced_reads(study):
+        trial = study.ask(DISTS)
+    asked = commits[0]
+    with batched_writes(study):
+        trial.set_user_attr("metrics", {"a": 0.75})
+        study.tell(trial, 0.75)
+        # Not stored yet: another reader still sees the trial running, without its attrs.
+        peek = optuna.load_study(study_name="s", storage=open_storage(url)).trials[1]
+        assert peek.state == TrialState.RUNNING and peek.user_attrs == {}
+    assert commits[0] - asked == 1  # one transaction (reads roll back: no commit)
+    stored = optuna.load_study(study_name="s", storage=open_storage(url)).trials
+    assert stored[1].state == TrialState.COMPLETE and stored[1].values == [0.75]
+    assert stored[1].user_attrs == {"metrics": {"a": 0.75}}
+    assert stored[1].datetime_complete >= stored[1].datetime_start
+    # The params went in as one insert, in the order they were asked (Optuna sorts by id).
+    assert list(stored[1].params) == list(trial.params) == list(stored[0].params)
+    assert stored[1].params == trial.params
+    # A pruned trial's state and a failed one's are batched the same way.
+    for state in (TrialState.PRUNED, TrialState.FAIL):
+        with batched_writes(study), coalesced_reads(study):
+            t = study.ask(DISTS)
+        with batched_writes(study):
+            study.tell(t, state=state)
+    states = [t.state for t in optuna.load_study(study_name="s", storage=open_storage(url)).trials]
+    assert states == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED, TrialState.FAIL]
+    # Telling a finished trial again is refused, and nothing is written.
+    with pytest.raises(RuntimeError), batched_writes(study):
+        study._storage.set_trial_user_attr(trial._trial_id, "late", 1)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    again = optuna.load_study(study_name="s", storage=open_storage(url)).trials[1]
+    assert again.state == TrialState.COMPLETE and "late" not in again.user_attrs

@@ -4,11 +4,8 @@ end to end, and two drivers sharing one study."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -23,43 +20,6 @@ from mergesweep.cli import main
 from mergesweep.storage import open_storage
 
 pytestmark = pytest.mark.postgres
-HOST, PORT = "127.0.0.1", 5432
-
-
-def _admin():
-    """A connection to the ``postgres`` database as the first user the server accepts."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        socket.create_connection((HOST, PORT), timeout=2).close()
-    except OSError:
-        pytest.skip(f"PostgreSQL: nothing listens on {HOST}:{PORT}")
-    errors = []
-    for user in ("postgres", "root"):
-        try:
-            conn = psycopg2.connect(
-                host=HOST, port=PORT, user=user, dbname="postgres", connect_timeout=5
-            )
-        except psycopg2.OperationalError as exc:
-            errors.append(f"{user}: {str(exc).strip()}")
-            continue
-        conn.autocommit = True
-        return conn, user
-    pytest.skip(f"PostgreSQL on {HOST}:{PORT} accepts neither user: {'; '.join(errors)}")
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh database for this test (dropped afterwards); yields its SQLAlchemy URL."""
-    conn, user = _admin()
-    name = f"mergesweep_test_{uuid.uuid4().hex[:12]}"
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://{user}@{HOST}:{PORT}/{name}"
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
 
 
 def _study(name: str, url: str) -> optuna.Study:
