@@ -109,7 +109,7 @@ def _commit(storage: Any, backend: Any, writes: list[tuple[Any, ...]]) -> None:
                     )
                     continue
                 _check_updatable(backend, session, trial_id, checked)
-                session.execute(upsert(trial_id, key, value))
+                upsert(session, trial_id, key, value)
                 continue
             if kind == "state":
                 _insert_params(session, params)
@@ -173,8 +173,9 @@ def _check_updatable(backend: Any, session: Any, trial_id: int, checked: set[int
 
 @functools.cache
 def _attr_upsert(dialect: str) -> Any | None:
-    """A builder of the user-attr upsert Optuna itself emits for SQLite and PostgreSQL, without
+    """A writer of the user-attr upsert Optuna itself emits for SQLite and PostgreSQL, without
     its per-write trial lookup; None for other databases (Optuna's own path is used)."""
+    import sqlalchemy as sa
     from optuna.storages._rdb import models
 
     if dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
@@ -185,14 +186,18 @@ def _attr_upsert(dialect: str) -> Any | None:
         return None
     table = models.TrialUserAttributeModel
 
-    def build(trial_id: int, key: str, value: Any) -> Any:
-        stmt = insert(table).values(trial_id=trial_id, key=key, value_json=json.dumps(value))
-        return stmt.on_conflict_do_update(
-            index_elements=[table.trial_id, table.key],
-            set_=dict(value_json=stmt.excluded.value_json),
-        )
+    # Built once with bound parameters: SQLAlchemy reuses its compiled form for every write.
+    stmt = insert(table).values(
+        trial_id=sa.bindparam("trial_id"), key=sa.bindparam("key"), value_json=sa.bindparam("v")
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[table.trial_id, table.key], set_=dict(value_json=stmt.excluded.value_json)
+    )
 
-    return build
+    def write(session: Any, trial_id: int, key: str, value: Any) -> None:
+        session.execute(stmt, {"trial_id": trial_id, "key": key, "v": json.dumps(value)})
+
+    return write
 
 
 @contextmanager

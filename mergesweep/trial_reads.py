@@ -74,44 +74,64 @@ def read_trials(
 ) -> list[FrozenTrial]:
     """The study's trials, as :meth:`RDBStorage._get_trials` selects them (or the one
     ``trial_id``), ordered by trial id. Raises ``KeyError`` for a missing study or trial."""
+    if _tables() is None:
+        raise RuntimeError("read_trials: Optuna's tables are not the ones this reader knows")
+    params: dict[str, Any] = {}
+    if trial_id is not None:
+        shape = ("one", False, "")
+        params["trial_id"] = trial_id
+    else:
+        ids = sorted(i for i in included_trial_ids or () if i <= trial_id_greater_than)
+        newer = "" if trial_id_greater_than <= -1 else "ids_or_newer" if ids else "newer"
+        shape = ("study", states is not None, newer)
+        params.update(study_id=study_id, newer=trial_id_greater_than, ids=ids)
+        if states is not None:
+            assert isinstance(states, Iterable)
+            params["states"] = list(states)
+    trials_query, children_query, study_query = _statements(*shape)
+    with backend.engine.connect() as conn:
+        rows = conn.execute(trials_query, params).all()
+        if not rows:
+            if trial_id is not None:
+                raise KeyError(f"No trial with trial_id {trial_id} exists.")
+            if conn.execute(study_query, {"study_id": study_id}).first() is None:
+                raise KeyError(f"No study with study_id {study_id} exists.")
+            return []
+        children = conn.execute(children_query, params).all()
+    return _build(rows, children)
+
+
+@functools.cache
+def _statements(kind: str, by_state: bool, newer: str) -> tuple[Any, Any, Any]:
+    """The trials query, the children query and the study check for one shape of selection,
+    built once with bound parameters (SQLAlchemy then reuses their compiled form)."""
     import sqlalchemy as sa
     from optuna.storages._rdb import models
 
     tables = _tables()
-    if tables is None:
-        raise RuntimeError("read_trials: Optuna's tables are not the ones this reader knows")
+    assert tables is not None
     t = tables["trials"]
-    if trial_id is not None:
-        where = t.c.trial_id == trial_id
+    if kind == "one":
+        where = t.c.trial_id == sa.bindparam("trial_id")
     else:
-        where = t.c.study_id == study_id
-        if states is not None:
-            assert isinstance(states, Iterable)
-            where = sa.and_(where, t.c.state.in_(list(states)))
-        ids = {i for i in included_trial_ids or () if i <= trial_id_greater_than}
-        if trial_id_greater_than > -1:
-            newer = t.c.trial_id > trial_id_greater_than
-            where = sa.and_(where, sa.or_(t.c.trial_id.in_(ids), newer) if ids else newer)
-    with backend.engine.connect() as conn:
-        rows = conn.execute(sa.select(*(t.c[c] for c in _COLUMNS["trials"])).where(where)).all()
-        if not rows:
-            if trial_id is not None:
-                raise KeyError(f"No trial with trial_id {trial_id} exists.")
-            if (
-                conn.execute(
-                    sa.select(models.StudyModel.study_id).where(
-                        models.StudyModel.study_id == study_id
-                    )
-                ).first()
-                is None
-            ):
-                raise KeyError(f"No study with study_id {study_id} exists.")
-            return []
-        # Every child row of the same trials in one query (a subquery, not a list of ids:
-        # SQLite caps bound variables).
-        chosen = sa.select(t.c.trial_id).where(where).scalar_subquery()
-        children = conn.execute(_children(tables, chosen)).all()
-    return _build(rows, children)
+        where = t.c.study_id == sa.bindparam("study_id")
+        if by_state:
+            where = sa.and_(where, t.c.state.in_(sa.bindparam("states", expanding=True)))
+        later = t.c.trial_id > sa.bindparam("newer")
+        if newer == "ids_or_newer":
+            where = sa.and_(
+                where, sa.or_(t.c.trial_id.in_(sa.bindparam("ids", expanding=True)), later)
+            )
+        elif newer == "newer":
+            where = sa.and_(where, later)
+    trials = sa.select(*(t.c[c] for c in _COLUMNS["trials"])).where(where)
+    # Every child row of the same trials in one query (a subquery, not a list of ids: SQLite
+    # caps bound variables).
+    children = _children(tables, sa.select(t.c.trial_id).where(where).scalar_subquery())
+    study = sa.select(models.StudyModel.study_id).where(
+        models.StudyModel.study_id == sa.bindparam("study_id")
+    )
+    return trials, children, study
 
 
 # The kinds of child row in :func:`_children`'s union.
