@@ -16,7 +16,8 @@ study's best when the plain one had finished all its trials. The target is met w
 speed-up over seeds is ≥ 2 with the picks' test accuracy within 1 point.
 
     python benchmarks/pruning_wall_time.py [--seeds 0 1 2] [--trials 60] [--pruned-trials 180]
-        [--pruner halving] [--rungs 0.1 0.3] [--threads 1] [--db PATH]
+        [--pruner halving] [--rungs 0.1 0.3] [--set reduction=4 ...] [--tag NAME]
+        [--threads 1] [--db PATH] [--no-lock]
 
 Runs under the benchmark lock (``/tmp/mergesweep-bench.lock``, per study). Writes
 benchmarks/results/pruning_wall_time.json.
@@ -37,7 +38,7 @@ import numpy as np
 import optuna
 import torch
 from optuna.trial import TrialState
-from study_scores import Scorer, bench_lock, machine
+from study_scores import LOCK, Scorer, bench_lock, machine
 
 from mergesweep.api import load_config_dict
 from mergesweep.driver import run_sweep
@@ -53,7 +54,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def config(kind: str, seed: int, trials: int, storage: str, args: argparse.Namespace) -> dict:
     overrides = [
-        f"name=pr_{kind}_s{seed}",
+        f"name=pr_{kind}{'_' + args.tag if kind == 'pruned' and args.tag else ''}_s{seed}",
         f"storage={storage}",
         f"seed={seed}",
         f"budget.trials={trials}",
@@ -67,6 +68,7 @@ def config(kind: str, seed: int, trials: int, storage: str, args: argparse.Names
             overrides.append(f"pruning.pruner={args.pruner}")
         if args.rungs:
             overrides.append(f"pruning.rungs=[{', '.join(map(str, args.rungs))}]")
+        overrides += [f"pruning.{kv}" for kv in args.set]
     return load_config_dict(EXPERIMENT, overrides)
 
 
@@ -123,6 +125,13 @@ def main() -> None:
     ap.add_argument("--pruned-trials", type=int, default=180, help="cap of the pruned study")
     ap.add_argument("--pruner", default="", help="override the file's pruning.pruner")
     ap.add_argument("--rungs", type=float, nargs="*", default=[], help="override pruning.rungs")
+    ap.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="pruning.KEY overrides"
+    )
+    ap.add_argument(
+        "--tag", default="", help="suffix of the pruned studies' names (one per setting)"
+    )
+    ap.add_argument("--no-lock", action="store_true", help="run beside another benchmark")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the evaluation")
     ap.add_argument("--db", default="", help="SQLite file for the studies (reused if it exists)")
     ap.add_argument("--out", default=str(HERE / "results" / "pruning_wall_time.json"))
@@ -137,11 +146,11 @@ def main() -> None:
     for seed in args.seeds:
         print(f"== seed {seed}", flush=True)
         plain_cfg = config("plain", seed, args.trials, storage, args)
-        with bench_lock():
+        with bench_lock(None if args.no_lock else LOCK):
             plain = run(plain_cfg)
         target = float(plain.best_value)
         pruned_cfg = config("pruned", seed, args.pruned_trials, storage, args)
-        with bench_lock():
+        with bench_lock(None if args.no_lock else LOCK):
             pruned = run(pruned_cfg)
         res: dict[str, Any] = {"target": round(target, 4), "load_avg_1m": os.getloadavg()[0]}
         if scorer is None or scorer.ev.cfg.seed != seed:
@@ -186,6 +195,7 @@ def main() -> None:
             + [f"--pruned-trials {args.pruned_trials}"]
             + ([f"--pruner {args.pruner}"] if args.pruner else [])
             + ([f"--rungs {' '.join(map(str, args.rungs))}"] if args.rungs else [])
+            + ([f"--set {' '.join(args.set)}"] if args.set else [])
         ),
         "experiment": "experiments/pruning_text.yaml",
         "pruning": cfg["pruning"],

@@ -11,6 +11,7 @@ CPU's instructions; the fastest is timed and picked once per process.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -76,7 +77,16 @@ def _widen(out, base, tau, lam, lo, hi, chunk) -> None:
         torch.addmv(base[s:e], t.T, lam, out=out[s:e])
 
 
-# (kernel, chunk) candidates per dtype layout; the fastest on this CPU is picked on first use.
+def _native(out, base, tau, lam, lo, hi, chunk) -> None:
+    """The fused C kernel (:mod:`mergesweep.merge.native`): one pass, float32 accumulation of an
+    L1-sized block over every expert; built for this CPU on first use."""
+    from mergesweep.merge import native
+
+    native.merge_range(out, base, tau, lam, lo, hi, chunk)
+
+
+# (kernel, chunk) candidates per dtype layout; the fastest on this CPU is picked on first use
+# (the C kernel joins them where it can be built: :func:`_options`).
 _CANDIDATES = {
     "same": [(_widen, CHUNK)],
     "low": [(_addmm, CHUNK), (_accumulate, 1 << 18), (_accumulate, 1 << 16)],
@@ -92,13 +102,20 @@ def _layout(out: torch.Tensor, tau: torch.Tensor) -> str:
     return "narrow_tau" if tau.dtype != out.dtype else "same"
 
 
+def _options(layout: str, out: torch.Tensor, tau: torch.Tensor) -> list[tuple]:
+    from mergesweep.merge import native
+
+    native_ok = native.available(out, tau) and os.environ.get("MERGESWEEP_NATIVE", "1") != "0"
+    return _CANDIDATES[layout] + ([(_native, 0)] if native_ok else [])
+
+
 def _chosen(out: torch.Tensor, tau: torch.Tensor) -> tuple:
     """The fastest (kernel, chunk) for this layout and expert count on this CPU, timed once
     per process on scratch buffers (CPUs differ: bfloat16 ``addmm`` is 5× faster than an
     accumulator on AMX and 5× slower on AVX2 alone)."""
     key = (_layout(out, tau), out.dtype, tau.dtype, tau.shape[0])
     if key not in _CHOSEN:
-        options = _CANDIDATES[key[0]]
+        options = _options(key[0], out, tau)
         if len(options) == 1:
             _CHOSEN[key] = options[0]
         else:
@@ -143,7 +160,7 @@ def linear_range(
     kernel(out, base, tau, lam, lo, hi, chunk or CHUNK)
 
 
-KERNELS = {"addmm": _addmm, "accumulate": _accumulate, "widen": _widen}
+KERNELS = {"addmm": _addmm, "accumulate": _accumulate, "widen": _widen, "native": _native}
 
 
 def triad(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, scalar: float = 3.0) -> None:
