@@ -31,6 +31,7 @@ import torch
 __all__ = ["available", "library", "merge_range"]
 
 SOURCE = Path(__file__).with_name("native.c")
+BLOCK = 1024  # elements accumulated per pass over the experts (native.c caps it at 4096)
 _FUNCTIONS = {
     (torch.bfloat16, torch.bfloat16): "merge_bf16_bf16",
     (torch.float32, torch.bfloat16): "merge_f32_bf16",
@@ -85,7 +86,7 @@ def library() -> Any | None:
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError):
         return None
-    args = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    args = [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p] + [ctypes.c_int64] * 3
     for name in _FUNCTIONS.values():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, None
@@ -111,11 +112,11 @@ def merge_range(
     lam: torch.Tensor,
     lo: int,
     hi: int,
-    chunk: int = 0,
+    chunk: int = BLOCK,
 ) -> None:
-    """``out[lo:hi] = base[lo:hi] + lam @ tau[:, lo:hi]`` in one pass (float32 accumulation);
-    the kernel signature of :mod:`mergesweep.merge.kernels` (``chunk`` is unused: the C loop
-    blocks by itself)."""
+    """``out[lo:hi] = base[lo:hi] + lam @ tau[:, lo:hi]`` in one pass (float32 accumulation),
+    accumulating ``chunk`` elements at a time (at most 4096); the kernel signature of
+    :mod:`mergesweep.merge.kernels`."""
     if hi <= lo:
         return
     lib = library()
@@ -131,4 +132,5 @@ def merge_range(
         coeffs.data_ptr(),
         tau.shape[0],
         hi - lo,
+        chunk or BLOCK,
     )
