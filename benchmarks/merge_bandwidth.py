@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import save_file
 from study_scores import cpu_name
 
-from mergesweep.merge import PrepareContext, build_method
+from mergesweep.merge import PrepareContext, build_method, kernels
 from mergesweep.merge.kernels import triad
 from mergesweep.plan import MergePlan
 from mergesweep.pool import ModelPool, PoolSpec
@@ -261,6 +261,13 @@ def main() -> None:
             "target_ratio": 0.6,
         },
         "pool_build_and_load_s": round(load_s, 1),
+        # The linear kernel the per-CPU tuning picked, per layout (dtypes) and expert count.
+        "kernels": {
+            f"{layout} {str(w).removeprefix('torch.')}/{str(t).removeprefix('torch.')} x{n}": (
+                f"{fn.__name__.lstrip('_')} chunk {chunk}"
+            )
+            for (layout, w, t, n), (fn, chunk) in kernels._CHOSEN.items()
+        },
         "methods": results,
     }
     out = Path(args.out)
