@@ -150,25 +150,99 @@ def _insert_params(session: Any, params: list[dict[str, Any]]) -> None:
 def _finish_trial(
     backend: Any, session: Any, trial_id: int, state: TrialState, values: Any
 ) -> None:
-    """What :meth:`RDBStorage.set_trial_state_values` does for a finished state, in ``session``."""
+    """What :meth:`RDBStorage.set_trial_state_values` does for a finished state, in ``session``
+    (prebuilt Core statements on SQLite and PostgreSQL, Optuna's ORM path elsewhere)."""
     from optuna.storages._rdb import models
 
-    trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
-    backend.check_trial_is_updatable(trial_id, trial.state)
+    core = _core(backend.engine.name)
+    if core is None:
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+        backend.check_trial_is_updatable(trial_id, trial.state)
+        for objective, value in enumerate(values or ()):
+            backend._set_trial_value_without_commit(session, trial, objective, value)
+        trial.state = state
+        trial.datetime_complete = datetime.now()
+        return
+    _check_state(backend, session, trial_id, core["state_for_update"])
     for objective, value in enumerate(values or ()):
-        backend._set_trial_value_without_commit(session, trial, objective, value)
-    trial.state = state
-    trial.datetime_complete = datetime.now()
+        stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+        session.execute(
+            core["value"], {"trial_id": trial_id, "objective": objective, "v": stored, "t": kind}
+        )
+    session.execute(core["finish"], {"id": trial_id, "s": state, "done": datetime.now()})
+
+
+def _check_state(backend: Any, session: Any, trial_id: int, query: Any) -> None:
+    """Optuna's ``KeyError`` for a missing trial, its ``UpdateFinishedTrialError`` for a
+    finished one."""
+    row = session.execute(query, {"id": trial_id}).first()
+    if row is None:
+        raise KeyError(f"No trial with trial_id {trial_id} exists.")
+    backend.check_trial_is_updatable(trial_id, row[0])
+
+
+@functools.cache
+def _core(dialect: str) -> dict[str, Any] | None:
+    """Prebuilt statements for a trial's state check and completion (SQLite and PostgreSQL,
+    whose upserts match Optuna's unique keys); None elsewhere."""
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models
+
+    insert = _upsert_insert(dialect)
+    if insert is None:
+        return None
+    trials = models.TrialModel.__table__
+    values = models.TrialValueModel.__table__
+    state = sa.select(trials.c.state).where(trials.c.trial_id == sa.bindparam("id"))
+    value = insert(values).values(
+        trial_id=sa.bindparam("trial_id"),
+        objective=sa.bindparam("objective"),
+        value=sa.bindparam("v"),
+        value_type=sa.bindparam("t"),
+    )
+    value = value.on_conflict_do_update(
+        index_elements=[values.c.trial_id, values.c.objective],
+        set_=dict(value=value.excluded.value, value_type=value.excluded.value_type),
+    )
+    finish = (
+        sa.update(trials)
+        .where(trials.c.trial_id == sa.bindparam("id"))
+        .values(state=sa.bindparam("s"), datetime_complete=sa.bindparam("done"))
+    )
+    return {
+        "state": state,
+        "state_for_update": state.with_for_update(),
+        "value": value,
+        "finish": finish,
+    }
 
 
 def _check_updatable(backend: Any, session: Any, trial_id: int, checked: set[int]) -> None:
     """Optuna's check that the trial exists and is unfinished, once per trial and batch."""
     from optuna.storages._rdb import models
 
-    if trial_id not in checked:
+    if trial_id in checked:
+        return
+    core = _core(backend.engine.name)
+    if core is None:
         trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
         backend.check_trial_is_updatable(trial_id, trial.state)
-        checked.add(trial_id)
+    else:
+        _check_state(backend, session, trial_id, core["state"])
+    checked.add(trial_id)
+
+
+def _upsert_insert(dialect: str) -> Any | None:
+    """The dialect's ``insert`` with ``on_conflict_do_update`` (SQLite ≥ 3.24, PostgreSQL)."""
+    if dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
+        from sqlalchemy.dialects.sqlite import insert
+
+        return insert
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+
+        return insert
+    return None
 
 
 @functools.cache
@@ -178,11 +252,8 @@ def _attr_upsert(dialect: str) -> Any | None:
     import sqlalchemy as sa
     from optuna.storages._rdb import models
 
-    if dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
+    insert = _upsert_insert(dialect)
+    if insert is None:
         return None
     table = models.TrialUserAttributeModel
 

@@ -119,7 +119,8 @@ class PruningConfig:
     nested, the full subset last); after each rung ``pruner`` may stop it: ``median`` (below
     the median of complete trials at that rung), ``halving`` (outside the best
     1/``reduction`` of every trial at that rung) or ``best`` (worse than the best complete
-    trial by more than ``margin``). No trial is pruned before ``startup_trials`` are complete.
+    trial at that rung, on the same examples, by more than ``margin``). No trial is pruned
+    before ``startup_trials`` are complete.
     """
 
     pruner: Literal["none", "median", "halving", "best"] = "none"

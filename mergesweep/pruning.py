@@ -64,8 +64,15 @@ class HalvingPruner(BasePruner):
 
 
 class BestPruner(BasePruner):
-    """Prunes a trial whose rung value is worse than the best complete trial's value by more
-    than ``margin`` (in the study value's units): it cannot, by this evidence, beat the best.
+    """Prunes a trial whose rung value is worse than the best complete trial's value *at the
+    same rung* by more than ``margin`` (in the study value's units): on the same examples it
+    trails the best, so by this evidence it cannot beat it.
+
+    Same rung, same examples: a rung's prefix can be easier or harder than the whole subset
+    (on the text zoo the 10% prefix scores ~0.05 above the full subset for every trial, with a
+    spread of only ~0.01), so comparing a prefix score with a full score would prune nothing,
+    or everything. A best trial without that rung's value (it ran before pruning was enabled)
+    is compared by its final value.
     """
 
     def __init__(self, margin: float = 0.0, startup_trials: int = 5) -> None:
@@ -78,8 +85,9 @@ class BestPruner(BasePruner):
         if step is None or len(complete) < self.startup_trials or not complete:
             return False
         sign = _sign(study)
-        best = max(sign * t.values[0] for t in complete)
-        return sign * trial.intermediate_values[step] < best - self.margin
+        best = max(complete, key=lambda t: sign * t.values[0])
+        bar = best.intermediate_values.get(step, best.values[0])
+        return sign * trial.intermediate_values[step] < sign * bar - self.margin
 
 
 def build_pruner(cfg: PruningConfig) -> BasePruner:

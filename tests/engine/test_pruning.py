@@ -103,3 +103,37 @@ def test_resume_with_pruning_reaches_the_budget(make_config) -> None:
 def test_pruning_config_errors_name_the_key(make_config, changes, match) -> None:
     with pytest.raises(ConfigError, match=match):
         mergesweep.run(make_config(**changes))
+
+
+def test_best_pruner_compares_a_rung_with_the_best_trials_same_rung() -> None:
+    """The best complete trial scored 0.90 on the rung's examples and 0.80 on the whole subset:
+    a rung value of 0.87 trails it on the same examples (pruned at margin 0.02, kept at 0.05),
+    though it is far above its final 0.80."""
+    from mergesweep.pruning import BestPruner
+
+    for direction, sign in (("maximize", 1.0), ("minimize", -1.0)):
+        study = optuna.create_study(direction=direction)
+        dist = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+        best = optuna.trial.create_trial(
+            params={"x": 0.5},
+            distributions=dist,
+            value=sign * 0.80,
+            intermediate_values={0: sign * 0.90},
+        )
+        old = optuna.trial.create_trial(params={"x": 0.1}, distributions=dist, value=sign * 0.5)
+        study.add_trials([best, old])
+        running = optuna.trial.create_trial(
+            params={"x": 0.7},
+            distributions=dist,
+            state=TrialState.RUNNING,
+            intermediate_values={0: sign * 0.87},
+        )
+        assert BestPruner(margin=0.02, startup_trials=2).prune(study, running)
+        assert not BestPruner(margin=0.05, startup_trials=2).prune(study, running)
+        assert not BestPruner(margin=0.02, startup_trials=3).prune(study, running)  # startup
+        # A best trial without the rung's value is compared by its final value.
+        study2 = optuna.create_study(direction=direction)
+        study2.add_trials(
+            [optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, value=sign * 0.80)]
+        )
+        assert not BestPruner(margin=0.02, startup_trials=1).prune(study2, running)
