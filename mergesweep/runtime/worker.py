@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from mergesweep.config import ExperimentConfig, parse_config, resolve_strings
+from mergesweep.merge.kernels import tune_kernel
 from mergesweep.pool import ModelPool, PoolLayout, PoolSpec
 from mergesweep.runtime.base import Job, JobResult
 
@@ -63,6 +64,7 @@ class Evaluator:
                 ctx.logits[heads[task]] = obj.logits
         self.method = build_method(self.cfg.method.name, self.cfg.method.options)
         self.method.prepare(self.pool, ctx)
+        tune_kernel(self.pool.live, self.pool.tau)  # once, here: not in the first trial's merge_s
         self.load_s = time.perf_counter() - start
 
     def evaluate(self, job: Job) -> JobResult:
