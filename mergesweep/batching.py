@@ -98,11 +98,11 @@ def _commit(storage: Any, backend: Any, writes: list[tuple[Any, ...]]) -> None:
 
     with storage._lock, _create_scoped_session(backend.scoped_session, True) as session:
         checked: set[int] = set()  # trials found and updatable (one query each, not per write)
+        upsert = _attr_upsert(backend.engine.name)
         params: list[dict[str, Any]] = []  # inserted together, in order, before any state
         for kind, trial_id, *rest in writes:
             if kind == "attr":
                 key, value = rest
-                upsert = _attr_upsert(backend.engine.name)
                 if upsert is None:
                     backend._set_trial_attr_without_commit(
                         session, models.TrialUserAttributeModel, trial_id, key, value

@@ -106,7 +106,7 @@ def _layout(out: torch.Tensor, tau: torch.Tensor) -> str:
 def _options(layout: str, out: torch.Tensor, tau: torch.Tensor) -> list[tuple]:
     from mergesweep.merge import native
 
-    native_ok = native.available(out, tau) and os.environ.get("MERGESWEEP_NATIVE", "1") != "0"
+    native_ok = os.environ.get("MERGESWEEP_NATIVE", "1") != "0" and native.available(out, tau)
     return _CANDIDATES[layout] + ([(_native, 512), (_native, 1024)] if native_ok else [])
 
 

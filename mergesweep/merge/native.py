@@ -50,16 +50,16 @@ def _cpu_flags() -> str:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("MERGESWEEP_CACHE") or Path.home() / ".cache" / "mergesweep"
-    return Path(root) / "native"
+    from mergesweep.zoo import cache_root
+
+    return cache_root() / "native"
 
 
 @functools.cache
 def library() -> Any | None:
     """The loaded kernel library, building it if needed; None where it cannot be built or
-    loaded (no C compiler, not Linux/macOS on x86-64 or arm64, ``MERGESWEEP_NATIVE=0``)."""
-    if os.environ.get("MERGESWEEP_NATIVE", "1") == "0":
-        return None
+    loaded (no C compiler, not Linux/macOS on x86-64 or arm64). ``MERGESWEEP_NATIVE=0`` is
+    read where the kernels are tuned (:func:`mergesweep.merge.kernels._options`)."""
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
         return None
