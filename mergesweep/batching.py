@@ -45,8 +45,18 @@ def _rdb(storage: Any) -> Any | None:
     return backend
 
 
-# System attrs are written through: samplers read them back within the ask (GridSampler).
-_BUFFERED = ("set_trial_param", "set_trial_user_attr", "set_trial_state_values")
+# System attrs are written through (samplers read them back within the ask: GridSampler), but
+# for those only ever read from *other* trials: TPE's constant-liar copy of a trial's relative
+# params (``tpe:relative_params:<chunk>``), which the sampler reads for running trials and
+# filters the asking trial out of. Buffered, it costs one upsert in the batch, not 5 statements
+# and a commit per ask.
+_OTHERS_ONLY = ("tpe:relative_params:",)
+_BUFFERED = (
+    "set_trial_param",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "set_trial_state_values",
+)
 
 
 @contextmanager
@@ -81,6 +91,15 @@ def batched_writes(study: optuna.Study) -> Iterator[None]:
     storage.set_trial_user_attr = lambda trial_id, key, value: writes.append(
         ("attr", trial_id, key, value)
     )
+    set_system = storage.set_trial_system_attr
+
+    def system(trial_id: int, key: str, value: Any) -> None:
+        if key.startswith(_OTHERS_ONLY):
+            writes.append(("system", trial_id, key, value))
+        else:
+            set_system(trial_id, key, value)
+
+    storage.set_trial_system_attr = system
     storage.set_trial_state_values = state
     try:
         yield
@@ -98,15 +117,15 @@ def _commit(storage: Any, backend: Any, writes: list[tuple[Any, ...]]) -> None:
 
     with storage._lock, _create_scoped_session(backend.scoped_session, True) as session:
         checked: set[int] = set()  # trials found and updatable (one query each, not per write)
-        upsert = _attr_upsert(backend.engine.name)
+        upserts = {kind: _attr_upsert(backend.engine.name, kind) for kind in _ATTR_MODELS}
         params: list[dict[str, Any]] = []  # inserted together, in order, before any state
         for kind, trial_id, *rest in writes:
-            if kind == "attr":
+            if kind in upserts:
                 key, value = rest
+                upsert = upserts[kind]
                 if upsert is None:
-                    backend._set_trial_attr_without_commit(
-                        session, models.TrialUserAttributeModel, trial_id, key, value
-                    )
+                    model = getattr(models, _ATTR_MODELS[kind])
+                    backend._set_trial_attr_without_commit(session, model, trial_id, key, value)
                     continue
                 _check_updatable(backend, session, trial_id, checked)
                 upsert(session, trial_id, key, value)
@@ -143,7 +162,7 @@ def _insert_params(session: Any, params: list[dict[str, Any]]) -> None:
         import sqlalchemy as sa
         from optuna.storages._rdb import models
 
-        session.execute(sa.insert(models.TrialParamModel.__table__), params)
+        session.connection().execute(sa.insert(models.TrialParamModel.__table__), params)
         params.clear()
 
 
@@ -164,18 +183,19 @@ def _finish_trial(
         trial.datetime_complete = datetime.now()
         return
     _check_state(backend, session, trial_id, core["state_for_update"])
+    conn = session.connection()  # Core statements: the session's transaction, not its ORM
     for objective, value in enumerate(values or ()):
         stored, kind = models.TrialValueModel.value_to_stored_repr(value)
-        session.execute(
+        conn.execute(
             core["value"], {"trial_id": trial_id, "objective": objective, "v": stored, "t": kind}
         )
-    session.execute(core["finish"], {"id": trial_id, "s": state, "done": datetime.now()})
+    conn.execute(core["finish"], {"id": trial_id, "s": state, "done": datetime.now()})
 
 
 def _check_state(backend: Any, session: Any, trial_id: int, query: Any) -> None:
     """Optuna's ``KeyError`` for a missing trial, its ``UpdateFinishedTrialError`` for a
     finished one."""
-    row = session.execute(query, {"id": trial_id}).first()
+    row = session.connection().execute(query, {"id": trial_id}).first()
     if row is None:
         raise KeyError(f"No trial with trial_id {trial_id} exists.")
     backend.check_trial_is_updatable(trial_id, row[0])
@@ -245,28 +265,37 @@ def _upsert_insert(dialect: str) -> Any | None:
     return None
 
 
+# Buffered attr writes by kind -> the Optuna model (table) they go to.
+_ATTR_MODELS = {"attr": "TrialUserAttributeModel", "system": "TrialSystemAttributeModel"}
+
+
 @functools.cache
-def _attr_upsert(dialect: str) -> Any | None:
-    """A writer of the user-attr upsert Optuna itself emits for SQLite and PostgreSQL, without
-    its per-write trial lookup; None for other databases (Optuna's own path is used)."""
+def _attr_upsert(dialect: str, kind: str = "attr") -> Any | None:
+    """A writer of the user- (or system-) attr upsert Optuna itself emits for SQLite and
+    PostgreSQL, without its per-write trial lookup; None for other databases (Optuna's own
+    path is used)."""
     import sqlalchemy as sa
     from optuna.storages._rdb import models
 
     insert = _upsert_insert(dialect)
     if insert is None:
         return None
-    table = models.TrialUserAttributeModel
+    table = getattr(models, _ATTR_MODELS[kind]).__table__  # Core: no ORM bulk-insert path
 
     # Built once with bound parameters: SQLAlchemy reuses its compiled form for every write.
     stmt = insert(table).values(
         trial_id=sa.bindparam("trial_id"), key=sa.bindparam("key"), value_json=sa.bindparam("v")
     )
     stmt = stmt.on_conflict_do_update(
-        index_elements=[table.trial_id, table.key], set_=dict(value_json=stmt.excluded.value_json)
+        index_elements=[table.c.trial_id, table.c.key],
+        set_=dict(value_json=stmt.excluded.value_json),
     )
 
     def write(session: Any, trial_id: int, key: str, value: Any) -> None:
-        session.execute(stmt, {"trial_id": trial_id, "key": key, "v": json.dumps(value)})
+        # On the session's connection: the same transaction, without the ORM's statement
+        # dispatch (a third of each write's cost).
+        params = {"trial_id": trial_id, "key": key, "v": json.dumps(value)}
+        session.connection().execute(stmt, params)
 
     return write
 

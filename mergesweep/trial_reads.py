@@ -223,7 +223,17 @@ def _build(rows: list[Any], children: list[Any]) -> list[FrozenTrial]:
 
 class FastReadStorage(optuna.storages.RDBStorage):
     """Optuna's RDB storage with its trial reads done by :func:`read_trials` (where this
-    module knows Optuna's tables; Optuna's own reads otherwise)."""
+    module knows Optuna's tables; Optuna's own reads otherwise), and new trials without a
+    template created by :func:`mergesweep.trial_create.create_trial`."""
+
+    def _create_new_trial(
+        self, study_id: int, template_trial: FrozenTrial | None = None
+    ) -> FrozenTrial:
+        if template_trial is not None or _tables() is None:
+            return super()._create_new_trial(study_id, template_trial)
+        from mergesweep.trial_create import create_trial
+
+        return create_trial(self, study_id)
 
     def _get_trials(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
@@ -175,3 +177,49 @@ def test_a_tell_in_the_block_commits_attrs_values_and_state_together(tmp_path) -
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     again = optuna.load_study(study_name="s", storage=open_storage(url)).trials[1]
     assert again.state == TrialState.COMPLETE and "late" not in again.user_attrs
+
+
+def _asks_with_trials_in_flight(study: optuna.Study, batched: bool) -> list[optuna.Trial]:
+    """4 told trials, then 3 asked and left running: TPE's constant liar sees the first two
+    in-flight trials' relative params (a system attr) when it samples the third."""
+    _ask_and_tell(study, batched=batched, n=4)
+    asked = []
+    for _ in range(3):
+        if batched:
+            with batched_writes(study), coalesced_reads(study):
+                asked.append(study.ask(DISTS))
+        else:
+            asked.append(study.ask(DISTS))
+    return asked
+
+
+def test_tpe_relative_params_attr_is_batched_and_seen_by_the_next_ask(tmp_path) -> None:
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    plain, _ = _study(tmp_path / "a")
+    batched, url = _study(tmp_path / "b")
+    assert plain.sampler._constant_liar  # Optuna 5's default: in-flight trials count
+    a = _asks_with_trials_in_flight(plain, batched=False)
+    commits = _commits(batched)
+    b = _asks_with_trials_in_flight(batched, batched=True)
+    assert [t.params for t in a] == [t.params for t in b]
+    stored = optuna.load_study(study_name="s", storage=open_storage(url)).trials[4:]
+    key = "tpe:relative_params:0"
+    assert [t.system_attrs[key] for t in stored] == [t.system_attrs[key] for t in plain.trials[4:]]
+    assert json.loads(stored[0].system_attrs[key]) == pytest.approx(b[0].params)
+    # A batched ask commits twice: the trials' one read and the batch (params and the attr;
+    # written through, the attr was a third).
+    asked = commits[0]
+    with batched_writes(batched), coalesced_reads(batched):
+        batched.ask(DISTS)
+    assert commits[0] - asked == 2
+
+
+def test_system_attrs_a_sampler_reads_back_are_written_through(tmp_path) -> None:
+    study, url = _study(tmp_path)
+    trial = study.ask(DISTS)
+    with batched_writes(study):
+        study._storage.set_trial_system_attr(trial._trial_id, "grid_id", 3)
+        # Readable at once, by this storage and any other.
+        assert study._storage.get_trial(trial._trial_id).system_attrs["grid_id"] == 3
+        other = optuna.load_study(study_name="s", storage=open_storage(url))
+        assert other.trials[0].system_attrs["grid_id"] == 3
