@@ -16,16 +16,17 @@ params, which :func:`mergesweep.study.reconcile` fails (re-queueing an enqueued 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import json
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 __all__ = ["batched_writes", "coalesced_reads"]
 
@@ -56,10 +57,13 @@ _BUFFERED = (
     "set_trial_user_attr",
     "set_trial_system_attr",
     "set_trial_state_values",
+    "set_trial_intermediate_value",  # written through, dropping the block's copy of the trial
+    "get_trial",
+    "create_new_trial",
 )
 
 
-@contextmanager
+@contextlib.contextmanager
 def batched_writes(study: optuna.Study) -> Iterator[None]:
     """Buffer the study's trial param and user-attr writes, and the final state a ``tell``
     writes; commit them in one transaction, in the order they were made, when the block ends.
@@ -67,6 +71,12 @@ def batched_writes(study: optuna.Study) -> Iterator[None]:
     A ``tell`` inside the block returns before its state is stored (Optuna's returned copy
     still says RUNNING); the state is committed with the attrs written before it, so a
     complete trial is never stored without them.
+
+    Reads of one unfinished trial are served once per block: Optuna reads the trial it just
+    created (``Trial.__init__``) and reads a trial twice per ``tell``, each time from the
+    database; within the block nothing the database holds of it changes but through the
+    writes that go through here, which drop the copy. The commit still checks, under lock,
+    that the trial is unfinished.
 
     Example:
         >>> with batched_writes(study):  # doctest: +SKIP
@@ -81,8 +91,12 @@ def batched_writes(study: optuna.Study) -> Iterator[None]:
     writes: list[tuple[Any, ...]] = []
     set_state = storage.set_trial_state_values
 
-    def state(trial_id: int, state: TrialState, values: Any = None) -> bool:
+    # Unfinished trials as the database holds them now (Optuna's cache serves finished ones).
+    seen: dict[int, FrozenTrial] = {}
+
+    def state(trial_id: int, state: TrialState, values: Any = None) -> bool:  # Optuna's names
         if not state.is_finished():  # WAITING → RUNNING in ask: its answer is needed now
+            seen.pop(trial_id, None)
             return set_state(trial_id, state, values)
         writes.append(("state", trial_id, state, values))
         return True
@@ -93,14 +107,42 @@ def batched_writes(study: optuna.Study) -> Iterator[None]:
     )
     set_system = storage.set_trial_system_attr
 
-    def system(trial_id: int, key: str, value: Any) -> None:
+    def system(trial_id: int, key: str, value: Any) -> None:  # Optuna's parameter names
         if key.startswith(_OTHERS_ONLY):
             writes.append(("system", trial_id, key, value))
         else:
             set_system(trial_id, key, value)
 
-    storage.set_trial_system_attr = system
+    get_trial, create = storage.get_trial, storage.create_new_trial
+    set_step = storage.set_trial_intermediate_value
+
+    def read(trial_id: int) -> FrozenTrial:
+        if trial_id not in seen:
+            trial = get_trial(trial_id)
+            if trial.state.is_finished():
+                return trial
+            seen[trial_id] = trial
+        return copy.deepcopy(seen[trial_id])
+
+    def created(study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        trial_id = create(study_id, template_trial)
+        if template_trial is None:  # a fresh RUNNING trial, as Optuna's cache now holds it
+            with contextlib.suppress(AttributeError, KeyError):  # else: read when asked
+                _, number = storage._trial_id_to_study_id_and_number[trial_id]
+                seen[trial_id] = copy.deepcopy(storage._studies[study_id].trials[number])
+        return trial_id
+
+    def through(write: Any) -> Any:
+        def call(trial_id: int, *args: Any, **kwargs: Any) -> Any:
+            seen.pop(trial_id, None)
+            return write(trial_id, *args, **kwargs)
+
+        return call
+
+    storage.set_trial_system_attr = through(system)
     storage.set_trial_state_values = state
+    storage.set_trial_intermediate_value = through(set_step)
+    storage.get_trial, storage.create_new_trial = read, created
     try:
         yield
     finally:
@@ -300,7 +342,7 @@ def _attr_upsert(dialect: str, kind: str = "attr") -> Any | None:
     return write
 
 
-@contextmanager
+@contextlib.contextmanager
 def coalesced_reads(study: optuna.Study) -> Iterator[None]:
     """Within the block, read the study's trials from the database at most once.
 

@@ -223,3 +223,24 @@ def test_system_attrs_a_sampler_reads_back_are_written_through(tmp_path) -> None
         assert study._storage.get_trial(trial._trial_id).system_attrs["grid_id"] == 3
         other = optuna.load_study(study_name="s", storage=open_storage(url))
         assert other.trials[0].system_attrs["grid_id"] == 3
+
+
+def test_a_trial_is_read_from_the_database_once_per_block(tmp_path, monkeypatch) -> None:
+    study, url = _study(tmp_path)
+    backend = study._storage._backend
+    reads: list[int] = []
+    read = type(backend).get_trial
+    monkeypatch.setattr(type(backend), "get_trial", lambda s, i: reads.append(i) or read(s, i))
+    with batched_writes(study), coalesced_reads(study):
+        trial = study.ask(DISTS)  # created here: Trial() reads the block's copy
+    assert reads == []
+    with batched_writes(study):
+        trial.report(0.25, step=0)  # written through: the next read sees it
+        assert study._storage.get_trial(trial._trial_id).intermediate_values == {0: 0.25}
+        copy = study._storage.get_trial(trial._trial_id)
+        copy.user_attrs["mutated"] = True  # a caller's change stays out of the block's copy
+        told = study.tell(trial, 0.5)  # tell's two reads: served by the block's copy
+        assert told.state == TrialState.RUNNING and "mutated" not in told.user_attrs
+    assert reads == [trial._trial_id]  # once after the write-through, then the copy
+    stored = optuna.load_study(study_name="s", storage=open_storage(url)).trials[0]
+    assert stored.state == TrialState.COMPLETE and stored.intermediate_values == {0: 0.25}
