@@ -329,7 +329,9 @@ class FigureRefresher:
 
     :meth:`tick` refreshes when at least ``every`` trials completed since the last refresh and
     the time since then is at least ``1 / max_share`` times what the last refresh took (so
-    figures take at most ``max_share`` of the driver's time); the first tick always refreshes
+    figures take at most ``max_share`` of the driver's time) and at least ``min_interval_s``
+    (the dashboard polls every 10 s: fresher figures than that are never seen, and on a
+    2-core machine each refresh is CPU taken from the workers); the first tick always refreshes
     and :meth:`close` always does. A failing refresh logs one warning and turns the refresher
     off: figures never stop a sweep.
 
@@ -337,12 +339,21 @@ class FigureRefresher:
         setup: the running study (its space and layout draw the coefficient heatmap).
         every: least number of newly complete trials between two refreshes.
         max_share: most of the driver's time spent on figures.
+        min_interval_s: least number of seconds between two refreshes.
     """
 
-    def __init__(self, setup: StudySetup, *, every: int = 10, max_share: float = 0.05) -> None:
+    def __init__(
+        self,
+        setup: StudySetup,
+        *,
+        every: int = 10,
+        max_share: float = 0.05,
+        min_interval_s: float = 2.0,
+    ) -> None:
         self.setup = setup
         self.every = every
         self.max_share = max_share
+        self.min_interval_s = min_interval_s
         self.enabled = True
         self.last_done: int | None = None
         self.last_end = time.monotonic()
@@ -355,7 +366,7 @@ class FigureRefresher:
             return
         if self.last_done is not None and done - self.last_done < self.every:
             return
-        if time.monotonic() - self.last_end < self.cost / self.max_share:
+        if time.monotonic() - self.last_end < max(self.cost / self.max_share, self.min_interval_s):
             return
         self.last_done = done
         self._refresh()

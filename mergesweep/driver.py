@@ -179,7 +179,7 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
     running = 0  # jobs in the executor
     hv = HypervolumeTracker.start(setup, executor)  # None unless several objectives
     bar = _Progress(progress, budget, done, cfg.name)
-    figures = FigureRefresher(setup)  # dashboard figures: every 10 trials, ≤ 5 % of the time
+    figures = FigureRefresher(setup)  # dashboard figures: ≥ 10 trials and 2 s apart, ≤ 5 % of time
     try:
         while True:
             # Recounted from the storage: other drivers on the same study count toward the

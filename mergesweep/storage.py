@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -114,14 +116,21 @@ def count_trials(study: optuna.Study, state: TrialState) -> int:
     backend = getattr(study._storage, "_backend", study._storage)
     if isinstance(backend, optuna.storages.RDBStorage):
         try:
-            import sqlalchemy as sa
-            from optuna.storages._rdb.models import TrialModel
-
-            query = sa.select(sa.func.count(TrialModel.trial_id)).where(
-                TrialModel.study_id == study._study_id, TrialModel.state == state
-            )
+            params = {"study_id": study._study_id, "state": state}
             with backend.engine.connect() as conn:
-                return int(conn.execute(query).scalar_one())
+                return int(conn.execute(_count_statement(), params).scalar_one())
         except Exception:  # an Optuna whose internals moved: count the slow way
             pass
     return len(study.get_trials(deepcopy=False, states=(state,)))
+
+
+@functools.cache
+def _count_statement() -> Any:
+    """Built once with bound parameters (the driver counts after every result)."""
+    import sqlalchemy as sa
+    from optuna.storages._rdb.models import TrialModel
+
+    trials = TrialModel.__table__
+    return sa.select(sa.func.count(trials.c.trial_id)).where(
+        trials.c.study_id == sa.bindparam("study_id"), trials.c.state == sa.bindparam("state")
+    )

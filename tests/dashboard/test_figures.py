@@ -235,15 +235,21 @@ def _setup(study):
 
 def test_refresher_cadence_and_cost_bound(tmp_path) -> None:
     study = _study(["maximize"], [[0.1]], storage=open_storage(f"sqlite:///{tmp_path / 'r.db'}"))
-    ref = FigureRefresher(_setup(study), every=10, max_share=1e9)
+    ref = FigureRefresher(_setup(study), every=10, max_share=1e9, min_interval_s=0.0)
     for done, expected in ((1, 1), (5, 1), (10, 1), (11, 2), (12, 2), (21, 3)):
         ref.tick(done)
         assert ref.refreshes == expected, done
     ref.cost, ref.max_share = 10.0, 0.05  # a slow last refresh: wait 200 s before the next
     ref.tick(40)
     assert ref.refreshes == 3
+    ref.cost, ref.min_interval_s = 0.0, 60.0  # a cheap one, but the last was under 60 s ago
+    ref.tick(50)
+    assert ref.refreshes == 3
+    ref.last_end -= 61.0
+    ref.tick(51)
+    assert ref.refreshes == 4
     ref.close()  # the final refresh always runs
-    assert ref.refreshes == 4 and "mergesweep-best" in _stored(study)
+    assert ref.refreshes == 5 and "mergesweep-best" in _stored(study)
 
 
 def test_a_failing_refresh_warns_once_and_turns_off(caplog) -> None:
