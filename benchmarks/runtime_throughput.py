@@ -43,6 +43,7 @@ import optuna
 import ray
 import torch
 from optuna.trial import TrialState
+from study_scores import cpu_name
 
 from mergesweep.api import load_config_dict
 from mergesweep.driver import run_sweep
@@ -193,6 +194,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": {
             "cores": cores,
+            "cpu": cpu_name(),
             "platform": platform.platform(),
             "torch": torch.__version__,
             "ray": ray.__version__,
