@@ -118,7 +118,8 @@ class PruningConfig:
     A trial is scored on growing prefixes of every task's fixed subset (``rungs``: fractions,
     nested, the full subset last); after each rung ``pruner`` may stop it: ``median`` (below
     the median of complete trials at that rung), ``halving`` (outside the best
-    1/``reduction`` of every trial at that rung) or ``best`` (worse than the best complete
+    1/``reduction`` of every trial at that rung, or of the last ``window`` of them when
+    ``window`` is above 0) or ``best`` (worse than the best complete
     trial at that rung, on the same examples, by more than ``margin``). No trial is pruned
     before ``startup_trials`` are complete.
     """
@@ -128,6 +129,7 @@ class PruningConfig:
     startup_trials: int = 5
     reduction: int = 3
     margin: float = 0.0
+    window: int = 0
 
 
 @dataclass
@@ -268,6 +270,11 @@ def _check_pruning(cfg: ExperimentConfig) -> None:
         raise ConfigError("pruning.reduction: must be at least 2")
     if p.margin < 0:
         raise ConfigError("pruning.margin: must be 0 or more")
+    if p.window and p.window < p.reduction:
+        raise ConfigError(
+            f"pruning.window: {p.window} trials cannot rank the best 1/{p.reduction} of them; "
+            "give 0 (every trial) or at least pruning.reduction"
+        )
     if cfg.objectives.mode == "pareto":
         raise ConfigError(
             "pruning.pruner: pruners compare one value; objectives.mode 'pareto' cannot be "

@@ -39,11 +39,18 @@ class HalvingPruner(BasePruner):
     if its value is among the best ``max(1, n // reduction)`` of the ``n`` trials (any state)
     that reported rung ``k`` so far. Optuna's own pruner wants steps ``r^k``; rungs here are
     ``0, 1, ...``.
+
+    With ``window`` above 0 the ranking is among the last ``window`` trials (by number) that
+    reported rung ``k``, the trial itself included. A model-based sampler proposes better points
+    as the study goes on, so against every trial since the start (the random startup ones too)
+    ever more of them rank in the top 1/``reduction`` and climb; against recent trials the bar
+    rises with the sampler and about 1/``reduction`` of the trials climb each rung.
     """
 
-    def __init__(self, reduction: int = 3, startup_trials: int = 5) -> None:
+    def __init__(self, reduction: int = 3, startup_trials: int = 5, window: int = 0) -> None:
         self.reduction = reduction
         self.startup_trials = startup_trials
+        self.window = window
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         step = trial.last_step
@@ -53,12 +60,16 @@ class HalvingPruner(BasePruner):
         if sum(t.state == TrialState.COMPLETE for t in trials) < self.startup_trials:
             return False
         sign = _sign(study)
-        values = [
-            sign * t.intermediate_values[step] for t in trials if step in t.intermediate_values
-        ]
         value = sign * trial.intermediate_values[step]
-        if trial.number not in {t.number for t in trials}:  # not read back yet: count it
-            values.append(value)
+        reported = {
+            t.number: sign * t.intermediate_values[step]
+            for t in trials
+            if step in t.intermediate_values
+        }
+        reported[trial.number] = value  # not read back yet, perhaps: count it
+        if self.window:
+            reported = {n: reported[n] for n in sorted(reported)[-self.window :]}
+        values = list(reported.values())
         keep = max(1, len(values) // self.reduction)
         return value < sorted(values, reverse=True)[keep - 1]
 
@@ -95,7 +106,7 @@ def build_pruner(cfg: PruningConfig) -> BasePruner:
     if cfg.pruner == "median":
         return MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=0)
     if cfg.pruner == "halving":
-        return HalvingPruner(cfg.reduction, cfg.startup_trials)
+        return HalvingPruner(cfg.reduction, cfg.startup_trials, cfg.window)
     if cfg.pruner == "best":
         return BestPruner(cfg.margin, cfg.startup_trials)
     return NopPruner()

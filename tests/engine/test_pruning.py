@@ -96,6 +96,7 @@ def test_resume_with_pruning_reaches_the_budget(make_config) -> None:
         ({"pruning": {"pruner": "median", "rungs": [1.0]}}, r"pruning\.rungs\[0\]"),
         ({"pruning": {"pruner": "fast"}}, r"pruning\.pruner: 'fast' is not allowed"),
         ({"pruning": {"pruner": "halving", "reduction": 1}}, r"pruning\.reduction"),
+        ({"pruning": {"pruner": "halving", "reduction": 3, "window": 2}}, r"pruning\.window"),
         ({"pruning": {"pruner": "median"}, "objectives__mode": "pareto"}, r"pareto"),
         ({"pruning": {"pruner": "median"}, "searcher__name": "adamerging"}, r"own loop"),
     ],
@@ -137,3 +138,43 @@ def test_best_pruner_compares_a_rung_with_the_best_trials_same_rung() -> None:
             [optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, value=sign * 0.80)]
         )
         assert not BestPruner(margin=0.02, startup_trials=1).prune(study2, running)
+
+
+def test_halving_window_ranks_against_the_latest_trials_only() -> None:
+    """Seventeen trials reached rung 0: twelve early poor ones (0.10-0.32) and five recent good
+    ones (0.80-0.90). A trial at 0.78 is in the best third of all eighteen (6th) but not of
+    the last six (the five good ones and itself)."""
+    from mergesweep.pruning import HalvingPruner
+
+    for direction, sign in (("maximize", 1.0), ("minimize", -1.0)):
+        study = optuna.create_study(direction=direction)
+        dist = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+        rung = [0.10 + 0.02 * k for k in range(12)] + [0.80, 0.84, 0.86, 0.88, 0.90]
+        study.add_trials(
+            [
+                optuna.trial.create_trial(
+                    params={"x": v},
+                    distributions=dist,
+                    value=sign * v,
+                    intermediate_values={0: sign * v},
+                )
+                for v in rung
+            ]
+        )
+        new = optuna.trial.create_trial(
+            params={"x": 0.5},
+            distributions=dist,
+            state=TrialState.RUNNING,
+            intermediate_values={0: sign * 0.78},
+        )
+        new.number = len(rung)
+        assert not HalvingPruner(reduction=3, startup_trials=5).prune(study, new)
+        assert HalvingPruner(reduction=3, startup_trials=5, window=6).prune(study, new)
+        top = optuna.trial.create_trial(
+            params={"x": 0.5},
+            distributions=dist,
+            state=TrialState.RUNNING,
+            intermediate_values={0: sign * 0.89},
+        )
+        top.number = len(rung)
+        assert not HalvingPruner(reduction=3, startup_trials=5, window=6).prune(study, top)
