@@ -19,7 +19,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from mergesweep.config import ExperimentConfig, parse_config
-from mergesweep.errors import ConfigError, ResumeMismatchError, StorageError
+from mergesweep.errors import ConfigError, MergesweepError, ResumeMismatchError, StorageError
 from mergesweep.pool import PoolLayout, read_layout
 from mergesweep.pruning import build_pruner, check_pruning
 from mergesweep.runtime.worker import pool_spec, resolved_config
@@ -101,10 +101,19 @@ def _diff(old: Any, new: Any, key: str = "") -> list[str]:
     return [] if json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True) else [key]
 
 
-def _check_match(name: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+def _stored_config(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The stored config with the defaults of keys added since it was stored (a study made
+    before ``pruning.window`` existed ran with its default); as stored if it no longer parses."""
     # Studies made before ``pruning`` existed ran without it.
     stored = {"pruning": new["config"].get("pruning"), **old["config"]}
-    changed = _diff(stored, new["config"])
+    try:
+        return parse_config(stored).to_dict()
+    except MergesweepError:
+        return stored
+
+
+def _check_match(name: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+    changed = _diff(_stored_config(old, new), new["config"])
     if changed:
         raise ResumeMismatchError(
             f"study '{name}': the config changed since the study was created "

@@ -68,6 +68,22 @@ def test_resume_refuses_a_changed_config(make_config) -> None:
     assert mergesweep.resume("t", cfg["storage"], ["budget.trials=2"]).complete == 2
 
 
+def test_a_study_stored_before_a_config_key_existed_resumes(make_config) -> None:
+    """A key added to the config since the study was stored (``pruning.window``) counts as its
+    default; a real change is still refused."""
+    from mergesweep.study import ATTR
+
+    cfg = make_config(budget__trials=1)
+    mergesweep.run(cfg)
+    study = _load(cfg)
+    record = study.user_attrs[ATTR]
+    del record["config"]["pruning"]["window"]  # as an older mergesweep stored it
+    study.set_user_attr(ATTR, record)
+    assert mergesweep.resume("t", cfg["storage"], ["budget.trials=2"]).complete == 2
+    with pytest.raises(ResumeMismatchError, match=r"pruning\.window"):
+        mergesweep.resume("t", cfg["storage"], ["pruning.window=5"])
+
+
 def test_resume_refuses_changed_weights(make_config, digits_zoo, tmp_path) -> None:
     import shutil
 
