@@ -161,20 +161,16 @@ def test_halving_window_ranks_against_the_latest_trials_only() -> None:
                 for v in rung
             ]
         )
-        new = optuna.trial.create_trial(
-            params={"x": 0.5},
-            distributions=dist,
-            state=TrialState.RUNNING,
-            intermediate_values={0: sign * 0.78},
+        new, top = (
+            optuna.trial.create_trial(
+                params={"x": 0.5},
+                distributions=dist,
+                state=TrialState.RUNNING,
+                intermediate_values={0: sign * v},
+            )
+            for v in (0.78, 0.89)
         )
-        new.number = len(rung)
+        new.number = top.number = len(rung)
         assert not HalvingPruner(reduction=3, startup_trials=5).prune(study, new)
         assert HalvingPruner(reduction=3, startup_trials=5, window=6).prune(study, new)
-        top = optuna.trial.create_trial(
-            params={"x": 0.5},
-            distributions=dist,
-            state=TrialState.RUNNING,
-            intermediate_values={0: sign * 0.89},
-        )
-        top.number = len(rung)
         assert not HalvingPruner(reduction=3, startup_trials=5, window=6).prune(study, top)
