@@ -84,9 +84,10 @@ def _print_summary(summary) -> None:
 
     study = optuna.load_study(study_name=summary.study, storage=open_storage(summary.storage))
     Console().print(render_best(study, limit=5))
+    pruned = f"{summary.pruned} pruned and " if summary.pruned else ""
     click.echo(
         f"study '{summary.study}' in {summary.storage}: {summary.complete} complete, "
-        f"{summary.failed} failed this run, {summary.wall_s:.1f} s"
+        f"{pruned}{summary.failed} failed this run, {summary.wall_s:.1f} s"
     )
 
 

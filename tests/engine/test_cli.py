@@ -84,6 +84,19 @@ def test_run_show_list(make_config, tmp_path) -> None:
     assert "t" in listed and "maximize" in listed
 
 
+def test_run_with_pruning_says_how_many_were_pruned(make_config, tmp_path) -> None:
+    cfg = make_config(budget__trials=12, searcher__name="tpe")
+    path = _write(tmp_path, cfg)
+    args = ["pruning.pruner=halving", "pruning.rungs=[0.25]", "pruning.startup_trials=3"]
+    result = CliRunner().invoke(main, ["run", str(path), *args, "pruning.window=4"])
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="t", storage=open_storage(cfg["storage"])).trials
+    pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    assert pruned > 0 and pruned + complete == 12
+    assert f"{complete} complete, {pruned} pruned and 0 failed this run" in result.output
+
+
 def test_sigkill_then_resume_loses_and_duplicates_nothing(make_config, tmp_path) -> None:
     budget = 8
     cfg = make_config(budget__trials=budget)
