@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import re
+import signal
 import socket
 import sys
 import threading
@@ -260,9 +261,21 @@ def url_of(server: WSGIServer) -> str:
     return f"http://{shown}:{port}/dashboard"
 
 
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080, **kwargs: Any) -> None:
-    """Serve the dashboard until interrupted; warns when reachable from other machines."""
+    """Serve the dashboard until interrupted (SIGINT, i.e. Ctrl-C, or SIGTERM, i.e. ``kill``);
+    warns when reachable from other machines.
+
+    A process started in the background by a non-interactive shell inherits SIGINT ignored
+    (the shell keeps a terminal's Ctrl-C from its background jobs), so such a dashboard stops
+    on SIGTERM: ``kill PID``.
+    """
     server = make_server(storage_url, host, port, **kwargs)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)  # a clean stop: the socket closed, no traceback
     if not is_loopback(host):
         print(
             f"warning: the dashboard listens on {host}, reachable from other machines; it has "

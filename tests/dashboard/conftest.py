@@ -70,6 +70,10 @@ def pareto_sweep(digits_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return Sweep(cfg["storage"], "pareto2", study)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="session")
 def cli_dashboard(pareto_sweep: Sweep, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mergesweep dashboard --port 0`` on the sweep's storage, as a user starts it; its URL."""
@@ -80,7 +84,14 @@ def cli_dashboard(pareto_sweep: Sweep, tmp_path_factory: pytest.TempPathFactory)
     env = {**os.environ, "PYTHONFAULTHANDLER": "1"}  # SIGABRT dumps every thread's stack
     with log.open("w") as err:
         proc = subprocess.Popen(
-            [*cmd, "--port", "0"], stdout=subprocess.PIPE, stderr=err, text=True, env=env
+            [*cmd, "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+            # As from a terminal: a test run started in the background by a non-interactive
+            # shell has SIGINT ignored, and a child would inherit that and never stop on it.
+            preexec_fn=_default_sigint,
         )
     line = proc.stdout.readline()  # "mergesweep dashboard: http://127.0.0.1:PORT/dashboard ..."
     if "http://" not in line:

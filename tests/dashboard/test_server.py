@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -265,3 +266,29 @@ def test_postgres_sweep_and_dashboard_side_by_side() -> None:
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE {db} WITH (FORCE)")
         admin.close()
+
+
+def test_cli_dashboard_started_in_the_background_stops_on_sigterm(tmp_path) -> None:
+    """A non-interactive shell's background job has SIGINT ignored; ``kill`` (SIGTERM) still
+    stops the dashboard cleanly: exit code 0, no traceback."""
+    url = f"sqlite:///{tmp_path / 'bg.db'}"
+    optuna.create_study(storage=open_storage(url), study_name="bg")
+    cmd = [sys.executable, "-m", "mergesweep.cli", "dashboard", "--storage", url, "--port", "0"]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "http://" in line, line + proc.stderr.read()
+        assert _get(_api(line.split()[2]) + "/studies")[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0
+    assert "Traceback" not in proc.stderr.read()
