@@ -52,6 +52,8 @@ def _rdb(storage: Any) -> Any | None:
 # filters the asking trial out of. Buffered, it costs one upsert in the batch, not 5 statements
 # and a commit per ask.
 _OTHERS_ONLY = ("tpe:relative_params:",)
+# Buffered attr writes by kind -> the Optuna model (table) they go to.
+_ATTR_MODELS = {"attr": "TrialUserAttributeModel", "system": "TrialSystemAttributeModel"}
 _BUFFERED = (
     "set_trial_param",
     "set_trial_user_attr",
@@ -111,6 +113,7 @@ def batched_writes(study: optuna.Study) -> Iterator[None]:
         if key.startswith(_OTHERS_ONLY):
             writes.append(("system", trial_id, key, value))
         else:
+            seen.pop(trial_id, None)
             set_system(trial_id, key, value)
 
     get_trial, create = storage.get_trial, storage.create_new_trial
@@ -132,16 +135,13 @@ def batched_writes(study: optuna.Study) -> Iterator[None]:
                 seen[trial_id] = copy.deepcopy(storage._studies[study_id].trials[number])
         return trial_id
 
-    def through(write: Any) -> Any:
-        def call(trial_id: int, *args: Any, **kwargs: Any) -> Any:
-            seen.pop(trial_id, None)
-            return write(trial_id, *args, **kwargs)
+    def step(trial_id: int, *args: Any, **kwargs: Any) -> None:  # written through
+        seen.pop(trial_id, None)
+        set_step(trial_id, *args, **kwargs)
 
-        return call
-
-    storage.set_trial_system_attr = through(system)
+    storage.set_trial_system_attr = system
     storage.set_trial_state_values = state
-    storage.set_trial_intermediate_value = through(set_step)
+    storage.set_trial_intermediate_value = step
     storage.get_trial, storage.create_new_trial = read, created
     try:
         yield
@@ -305,10 +305,6 @@ def _upsert_insert(dialect: str) -> Any | None:
 
         return insert
     return None
-
-
-# Buffered attr writes by kind -> the Optuna model (table) they go to.
-_ATTR_MODELS = {"attr": "TrialUserAttributeModel", "system": "TrialSystemAttributeModel"}
 
 
 @functools.cache
