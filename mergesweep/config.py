@@ -119,17 +119,19 @@ class PruningConfig:
     nested, the full subset last); after each rung ``pruner`` may stop it: ``median`` (below
     the median of complete trials at that rung), ``halving`` (outside the best
     1/``reduction`` of every trial at that rung, or of the last ``window`` of them when
-    ``window`` is above 0) or ``best`` (worse than the best complete
-    trial at that rung, on the same examples, by more than ``margin``). No trial is pruned
-    before ``startup_trials`` are complete.
+    ``window`` is above 0), ``best`` (worse than the best complete
+    trial at that rung, on the same examples, by more than ``margin``) or ``paired`` (example
+    by example against the best complete trial: less than ``1 - confidence`` chance of
+    matching it on the full subsets). No trial is pruned before ``startup_trials`` are complete.
     """
 
-    pruner: Literal["none", "median", "halving", "best"] = "none"
+    pruner: Literal["none", "median", "halving", "best", "paired"] = "none"
     rungs: list[float] = field(default_factory=lambda: [0.25])
     startup_trials: int = 5
     reduction: int = 3
     margin: float = 0.0
     window: int = 0
+    confidence: float = 0.9
 
 
 @dataclass
@@ -274,6 +276,16 @@ def _check_pruning(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             f"pruning.window: {p.window} trials cannot rank the best 1/{p.reduction} of them; "
             "give 0 (every trial) or at least pruning.reduction"
+        )
+    if not 0.5 <= p.confidence < 1.0:
+        raise ConfigError(
+            f"pruning.confidence: {p.confidence!r}; give a probability in [0.5, 1) (0.9: prune "
+            "when a trial has under 10% chance of matching the best)"
+        )
+    if p.pruner == "paired" and cfg.objectives.mode not in ("mean", "weighted"):
+        raise ConfigError(
+            f"pruning.pruner: 'paired' sums per-example differences, which objectives.mode "
+            f"'{cfg.objectives.mode}' does not; use mode mean or weighted, or another pruner"
         )
     if cfg.objectives.mode == "pareto":
         raise ConfigError(

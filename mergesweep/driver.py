@@ -20,7 +20,7 @@ from mergesweep.batching import batched_writes, coalesced_reads
 from mergesweep.dashboard import FigureRefresher
 from mergesweep.errors import MergesweepError
 from mergesweep.pareto import HypervolumeTracker
-from mergesweep.pruning import Rungs
+from mergesweep.pruning import EXAMPLES_ATTR, PairedPruner, Rungs
 from mergesweep.runtime import Executor, Job, JobResult, build_executor
 from mergesweep.search import distributions
 from mergesweep.storage import count_trials
@@ -218,9 +218,11 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
                     done, pruned = done + 1, pruned + 1
                 else:
                     result.timings["overhead_s"] = ask_s
+                    attrs: dict[str, Any] = {}
                     if rungs.enabled and result.ok:  # the full subset: the last rung
                         rungs.record(result.number, None, result)
-                    attrs = {"rungs": rungs.close(result.number, result.timings)}
+                        attrs[EXAMPLES_ATTR] = _note_examples(study, result.number, rungs)
+                    attrs["rungs"] = rungs.close(result.number, result.timings)
                     if _finish(setup, trial, result, retries, cfg.executor.max_retries, hv, attrs):
                         done += 1
                     else:
@@ -253,7 +255,17 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
 
 def _job(number: int, plan: Any, rungs: Rungs) -> Job:
     """Trial ``number``'s next job: the examples of its next rung that it has not been scored on."""
-    return Job(number, plan, rungs.fraction(number), rungs.start(number))
+    return Job(number, plan, rungs.fraction(number), rungs.start(number), rungs.paired)
+
+
+def _note_examples(study: optuna.Study, number: int, rungs: Rungs) -> dict[str, list[float]]:
+    """Hand trial ``number``'s per-example metrics so far to the paired pruner; returns them
+    rounded for its ``examples`` user attr (empty without the paired pruner)."""
+    if not rungs.paired or not isinstance(study.pruner, PairedPruner):
+        return {}
+    examples = rungs.examples(number)
+    study.pruner.note(number, examples)
+    return {t: [round(v, 6) for v in values] for t, values in examples.items()}
 
 
 def _climb(
@@ -271,9 +283,12 @@ def _climb(
         return "final"
     rung = rungs.record(result.number, value, result)["rung"]
     trial.report(value, step=rung)
+    _note_examples(setup.study, result.number, rungs)
     if not trial.should_prune():
         rungs.promote(result.number)
         return "climb"
+    if isinstance(setup.study.pruner, PairedPruner):
+        setup.study.pruner.forget(result.number)
     timings = {"load_s": result.timings.get("load_s", 0.0), "overhead_s": ask_s}
     records = rungs.close(result.number, timings)
     with batched_writes(setup.study):

@@ -11,9 +11,12 @@ store; pruned trials are told PRUNED with their last rung's metrics. The budget 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.pruners import BasePruner, MedianPruner, NopPruner
 from optuna.study import StudyDirection
@@ -22,7 +25,18 @@ from optuna.trial import FrozenTrial, TrialState
 from mergesweep.config import ExperimentConfig, PruningConfig
 from mergesweep.errors import ConfigError
 
-__all__ = ["BestPruner", "HalvingPruner", "Rungs", "build_pruner", "check_pruning"]
+__all__ = [
+    "BestPruner",
+    "HalvingPruner",
+    "PairedPruner",
+    "Rungs",
+    "build_pruner",
+    "check_pruning",
+    "paired_gap",
+    "task_weights",
+]
+
+EXAMPLES_ATTR = "examples"  # a complete trial's per-example metric per task (paired pruner)
 
 
 def _sign(study: optuna.Study) -> float:
@@ -101,8 +115,106 @@ class BestPruner(BasePruner):
         return sign * trial.intermediate_values[step] < sign * bar - self.margin
 
 
-def build_pruner(cfg: PruningConfig) -> BasePruner:
-    """The Optuna pruner ``pruning.pruner`` names (``none``: a pruner that never prunes)."""
+Examples = Mapping[str, "np.ndarray | list[float]"]
+PRIOR_WEIGHT = 2.0  # pseudo-examples of the reference's own spread in each variance estimate
+
+
+def paired_gap(
+    own: Examples, ref: Examples, weights: Mapping[str, float], sign: float = 1.0
+) -> tuple[float, float]:
+    """Mean and standard deviation of the predicted full-subset difference ``own − ref`` in
+    study value units (``sign`` +1 when larger is better), from the examples seen so far.
+
+    ``own[t]`` holds the trial's metric on the first ``n`` examples of task ``t``'s fixed
+    order, ``ref[t]`` the reference's on all ``N`` of them; the value is ``Σ w_t · mean_t``.
+    Per task, the paired differences ``d`` on the first ``n`` examples have mean ``m`` and
+    variance ``s²``; the difference of the full means is then about normal with mean ``m`` and
+    variance ``s² (N − n) / (n N)`` (the unseen ``N − n`` examples' sum, and the error in ``m``).
+    ``s²`` is shrunk towards the reference's own per-example variance with ``PRIOR_WEIGHT``
+    pseudo-examples, so a few agreeing examples do not make a confident verdict.
+    """
+    mean = var = 0.0
+    for task, w in weights.items():
+        r = np.asarray(ref[task], dtype=np.float64)
+        x = np.asarray(own[task], dtype=np.float64)
+        n, big_n = len(x), len(r)
+        if n == 0 or big_n == 0:
+            continue
+        d = sign * (x - r[:n])
+        m = float(d.mean())
+        s2 = (float(((d - m) ** 2).sum()) + PRIOR_WEIGHT * float(r.var())) / (n - 1 + PRIOR_WEIGHT)
+        mean += w * m
+        var += w * w * s2 * max(big_n - n, 0) / (n * big_n)
+    return mean, math.sqrt(var)
+
+
+class PairedPruner(BasePruner):
+    """Prunes a trial that has less than ``1 − confidence`` chance of matching the best complete
+    trial on the full subsets, judged example by example on the prefix it has been scored on.
+
+    Two merges of the same pool agree on most examples, so the paired differences have a small
+    variance, and a trial that trails the best is told apart after a few dozen examples, while
+    ranking rung scores across trials (``halving``, ``median``) needs large gaps. The trial's
+    per-example metrics come from the driver (:meth:`note`), the best trial's from the same
+    cache or its ``examples`` user attr (written when it completed; a best trial without one
+    prunes nothing). ``weights``: each task's weight in the study value (mean: 1/T each).
+    """
+
+    def __init__(
+        self, weights: Mapping[str, float], confidence: float = 0.9, startup_trials: int = 5
+    ) -> None:
+        self.weights = dict(weights)
+        self.confidence = confidence
+        self.z = NormalDist().inv_cdf(confidence)
+        self.startup_trials = startup_trials
+        self._examples: dict[int, dict[str, np.ndarray]] = {}
+
+    def note(self, number: int, examples: Examples) -> None:
+        """Trial ``number``'s per-example metric per task so far (its prefix, or every example
+        once it is complete)."""
+        self._examples[number] = {t: np.asarray(v, dtype=np.float64) for t, v in examples.items()}
+
+    def forget(self, number: int) -> None:
+        self._examples.pop(number, None)
+
+    def reference(self, trial: FrozenTrial) -> dict[str, np.ndarray] | None:
+        """A complete trial's per-example metrics: cached, else its stored user attr."""
+        if trial.number not in self._examples:
+            stored = trial.user_attrs.get(EXAMPLES_ATTR)
+            if not isinstance(stored, dict) or not all(t in stored for t in self.weights):
+                return None
+            self.note(trial.number, stored)
+        return self._examples[trial.number]
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        own = self._examples.get(trial.number)
+        complete = _complete(study)
+        if trial.last_step is None or own is None or len(complete) < self.startup_trials:
+            return False
+        if not complete or not all(t in own for t in self.weights):
+            return False
+        sign = _sign(study)
+        ref = self.reference(max(complete, key=lambda t: sign * t.values[0]))
+        if ref is None:
+            return False
+        mean, sd = paired_gap(own, ref, self.weights, sign)
+        return mean + self.z * sd < 0.0
+
+
+def task_weights(cfg: ExperimentConfig) -> dict[str, float]:
+    """Each task's weight in the study value (``mean``: equal; ``weighted``: normalised)."""
+    tasks = list(cfg.objectives.tasks)
+    if cfg.objectives.mode == "weighted" and cfg.objectives.weights:
+        total = sum(cfg.objectives.weights[t] for t in tasks)
+        return {t: cfg.objectives.weights[t] / total for t in tasks}
+    return {t: 1.0 / len(tasks) for t in tasks}
+
+
+def build_pruner(cfg: PruningConfig, weights: Mapping[str, float] | None = None) -> BasePruner:
+    """The Optuna pruner ``pruning.pruner`` names (``none``: a pruner that never prunes);
+    ``weights``: the tasks' weights in the study value (:func:`task_weights`), for ``paired``."""
+    if cfg.pruner == "paired":
+        return PairedPruner(weights or {}, cfg.confidence, cfg.startup_trials)
     if cfg.pruner == "median":
         return MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=0)
     if cfg.pruner == "halving":
@@ -140,6 +252,7 @@ class _Ladder:
     rung: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
     sums: dict[str, tuple[float, int]] = field(default_factory=dict)  # task -> (sum, count)
+    examples: dict[str, list[float]] = field(default_factory=dict)  # task -> per-example metric
 
 
 class Rungs:
@@ -152,6 +265,7 @@ class Rungs:
     def __init__(self, cfg: PruningConfig) -> None:
         on = cfg.pruner != "none"
         self.fractions = [*cfg.rungs, 1.0] if on else [1.0]
+        self.paired = cfg.pruner == "paired"  # jobs return per-example metrics
         self._ladders: dict[int, _Ladder] = {}
 
     @property
@@ -172,13 +286,20 @@ class Rungs:
         the trial's sums and turn ``result.metrics`` into the means over the whole prefix."""
         if not self.enabled or not result.ok or not result.counts:
             return
-        sums = self._ladders.setdefault(number, _Ladder()).sums
+        ladder = self._ladders.setdefault(number, _Ladder())
+        for task, values in result.examples.items():
+            ladder.examples.setdefault(task, []).extend(values)
+        sums = ladder.sums
         for task, value in result.metrics.items():
             total, count = sums.get(task, (0.0, 0))
             n = result.counts.get(task, 0)
             total, count = total + value * n, count + n
             sums[task] = (total, count)
             result.metrics[task] = total / count if count else value
+
+    def examples(self, number: int) -> dict[str, list[float]]:
+        """Trial ``number``'s per-example metric per task over every rung so far (paired)."""
+        return self._ladders.setdefault(number, _Ladder()).examples
 
     def is_last(self, number: int) -> bool:
         ladder = self._ladders.setdefault(number, _Ladder())

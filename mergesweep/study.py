@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from mergesweep.config import ExperimentConfig, parse_config
 from mergesweep.errors import ConfigError, MergesweepError, ResumeMismatchError, StorageError
 from mergesweep.pool import PoolLayout, read_layout
-from mergesweep.pruning import build_pruner, check_pruning
+from mergesweep.pruning import build_pruner, check_pruning, task_weights
 from mergesweep.runtime.worker import pool_spec, resolved_config
 from mergesweep.search import SearchContext, Searcher, build_searcher, distributions
 from mergesweep.spaces import build_space
@@ -212,7 +212,7 @@ def open_study(
         study_name=cfg.name,
         directions=directions,
         sampler=searcher.sampler(ctx),
-        pruner=build_pruner(cfg.pruning),
+        pruner=build_pruner(cfg.pruning, task_weights(cfg)),
         load_if_exists=True,
     )
     if created:

@@ -70,6 +70,12 @@ class Objective(ABC):
         the driver adds the sums up (the mean of the prefix ``stop`` is their ratio)."""
         raise NotImplementedError(f"objective '{self.kind}' cannot score a prefix of its subset")
 
+    def evaluate_examples(self, model: nn.Module, start: float, stop: float) -> torch.Tensor:
+        """The per-example metric (1-D, float64) over the same examples as
+        :meth:`evaluate_range`, in the fixed order: the paired pruner compares two trials
+        example by example. Objectives with ``prefixes`` provide it."""
+        raise NotImplementedError(f"objective '{self.kind}' cannot score single examples")
+
     def batches(self, limit: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """Model-input batches (no labels) from the task's data, for Fisher and AdaMerging.
 

@@ -32,9 +32,9 @@ class Accuracy(DataObjective):
     metric = "accuracy"
     direction = "maximize"
 
-    def score(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def scores(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         assert labels is not None  # needs_labels
-        return (logits.argmax(-1) == labels).sum()
+        return (logits.argmax(-1) == labels).float()
 
 
 class CrossEntropy(DataObjective):
@@ -44,9 +44,9 @@ class CrossEntropy(DataObjective):
     metric = "cross_entropy"
     direction = "minimize"
 
-    def score(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def scores(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         assert labels is not None  # needs_labels
-        return F.cross_entropy(logits, labels, reduction="sum")
+        return F.cross_entropy(logits, labels, reduction="none")
 
 
 class Entropy(DataObjective):
@@ -60,5 +60,5 @@ class Entropy(DataObjective):
     direction = "minimize"
     needs_labels = False
 
-    def score(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        return prediction_entropy(logits).sum()
+    def scores(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return prediction_entropy(logits)

@@ -316,12 +316,23 @@ class DataObjective(Objective):
         self._ready()
         return self._sum(model, self._size(start), self._size(stop))
 
+    def evaluate_examples(self, model: nn.Module, start: float, stop: float) -> torch.Tensor:
+        """Per-example metric over the same range as :meth:`evaluate_range` (float64, in the
+        seeded order)."""
+        self._ready()
+        return self._values(model, self._size(start), self._size(stop))
+
     def _size(self, fraction: float) -> int:
         n = len(self.order)
         return 0 if fraction <= 0 else n if fraction >= 1 else max(1, math.ceil(fraction * n))
 
     def _sum(self, model: nn.Module, lo: int, hi: int) -> tuple[float, int]:
-        total, count, seen = 0.0, 0, 0
+        values = self._values(model, lo, hi)
+        return float(values.sum()), len(values)
+
+    def _values(self, model: nn.Module, lo: int, hi: int) -> torch.Tensor:
+        parts: list[torch.Tensor] = []
+        seen = 0
         with torch.inference_mode():
             for i, batch in enumerate(self._inputs):
                 if seen >= hi:
@@ -339,10 +350,10 @@ class DataObjective(Objective):
                         f"{self.key('label')}: label {int(labels.max())} is out of range for a "
                         f"model with {logits.shape[-1]} outputs"
                     )
-                total += float(self.score(logits, labels))
-                count += logits.shape[0]
-        return total, count
+                parts.append(self.scores(logits, labels).detach().to("cpu", torch.float64))
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 
     @abstractmethod
-    def score(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """The metric summed over one batch (float32 logits; labels when ``needs_labels``)."""
+    def scores(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The metric of each example of one batch (float32 logits; labels when
+        ``needs_labels``); the objective's value is their mean."""

@@ -23,12 +23,14 @@ class Job:
 
     ``start`` above 0 (a higher rung): only the examples past the prefix ``start`` are scored,
     and the result holds their means and ``counts``; the driver adds the rung below.
+    ``examples``: return every scored example's metric too (the paired pruner's evidence).
     """
 
     number: int
     plan: MergePlan
     fraction: float = 1.0
     start: float = 0.0
+    examples: bool = False
 
 
 @dataclass
@@ -37,7 +39,8 @@ class JobResult:
 
     ``retry`` is true when the failure was the worker's (it died), not the trial's: the driver
     re-queues such a trial's point (capped). ``counts``: examples scored per task, for a job
-    on part of the subsets (a pruning rung); empty for a whole evaluation.
+    on part of the subsets (a pruning rung); empty for a whole evaluation. ``examples``: the
+    per-example metric of each task over the scored examples, when the job asked for it.
     """
 
     number: int
@@ -47,6 +50,7 @@ class JobResult:
     retry: bool = False
     worker: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -82,10 +82,16 @@ class Evaluator:
             t1 = time.perf_counter()
             metrics: dict[str, float] = {}
             counts: dict[str, int] = {}
+            examples: dict[str, list[float]] = {}
             part = job.fraction < 1.0 or job.start > 0.0
             for task, obj in self.objectives.items():
                 model = self.pool.model(self.heads[task])
-                if part:
+                if job.examples:
+                    values = obj.evaluate_examples(model, job.start, job.fraction)
+                    examples[task] = values.tolist()
+                    total, counts[task] = float(values.sum()), len(values)
+                    value = total / counts[task] if counts[task] else 0.0
+                elif part:
                     total, counts[task] = obj.evaluate_range(model, job.start, job.fraction)
                     value = float(total / counts[task]) if counts[task] else 0.0
                 else:
@@ -100,4 +106,4 @@ class Evaluator:
         for obj in self.objectives.values():  # parts of eval_s the objectives time themselves
             for key, value in obj.take_timings().items():
                 timings[key] = timings.get(key, 0.0) + value
-        return JobResult(job.number, metrics, timings, counts=counts)
+        return JobResult(job.number, metrics, timings, counts=counts, examples=examples)

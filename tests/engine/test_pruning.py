@@ -98,6 +98,8 @@ def test_resume_with_pruning_reaches_the_budget(make_config) -> None:
         ({"pruning": {"pruner": "halving", "reduction": 1}}, r"pruning\.reduction"),
         ({"pruning": {"pruner": "halving", "reduction": 3, "window": 2}}, r"pruning\.window"),
         ({"pruning": {"pruner": "median"}, "objectives__mode": "pareto"}, r"pareto"),
+        ({"pruning": {"pruner": "paired", "confidence": 1.0}}, r"pruning\.confidence"),
+        ({"pruning": {"pruner": "paired"}, "objectives__mode": "min"}, r"'paired' sums"),
         ({"pruning": {"pruner": "median"}, "searcher__name": "adamerging"}, r"own loop"),
     ],
 )
@@ -174,3 +176,91 @@ def test_halving_window_ranks_against_the_latest_trials_only() -> None:
         assert not HalvingPruner(reduction=3, startup_trials=5).prune(study, new)
         assert HalvingPruner(reduction=3, startup_trials=5, window=6).prune(study, new)
         assert not HalvingPruner(reduction=3, startup_trials=5, window=6).prune(study, top)
+
+
+def test_paired_gap_predicts_the_full_subset_difference_from_a_prefix() -> None:
+    """One task of 100 examples (the best trial right on 80); a trial scored on the first 20
+    agrees with it but for 3 examples the best gets right. Mean gap −0.15; s² shrunk with two
+    pseudo-examples of the best's own variance 0.16: (2.55 + 0.32) / 21; sd² = s² · 80 / 2000."""
+    from mergesweep.pruning import paired_gap
+
+    ref = [1.0] * 16 + [0.0] * 4 + [1.0] * 64 + [0.0] * 16
+    own = [0.0] * 3 + [1.0] * 13 + [0.0] * 4
+    mean, sd = paired_gap({"t": own}, {"t": ref}, {"t": 1.0})
+    assert mean == pytest.approx(-0.15)
+    assert sd == pytest.approx(math.sqrt(2.87 / 21 * 80 / 2000))
+    # Minimizing (a loss): the same numbers read the other way round.
+    assert paired_gap({"t": own}, {"t": ref}, {"t": 1.0}, sign=-1.0) == pytest.approx((0.15, sd))
+    # Agreeing everywhere: no gap; the whole subset seen: no uncertainty left.
+    assert paired_gap({"t": ref[:20]}, {"t": ref}, {"t": 1.0})[0] == 0.0
+    assert paired_gap({"t": ref}, {"t": ref}, {"t": 1.0}) == (0.0, 0.0)
+    # Two tasks weighted 3:1 add up; the agreeing one keeps its prior's variance.
+    both = paired_gap({"a": own, "b": ref[:20]}, {"a": ref, "b": ref}, {"a": 0.75, "b": 0.25})
+    prior = 2 * 0.16 / 21 * 80 / 2000
+    assert both == pytest.approx((0.75 * -0.15, math.sqrt(0.75**2 * sd**2 + 0.25**2 * prior)))
+
+
+def test_paired_pruner_prunes_only_a_confident_gap_to_the_best() -> None:
+    """The gap above (−0.15 ± 0.074) is pruned at confidence 0.9 (z 1.28) but not at 0.99
+    (z 2.33); the best's examples come from its stored user attr (a resumed study)."""
+    from mergesweep.pruning import EXAMPLES_ATTR, PairedPruner
+
+    ref = [1.0] * 16 + [0.0] * 4 + [1.0] * 64 + [0.0] * 16
+    own = [0.0] * 3 + [1.0] * 13 + [0.0] * 4
+    study = optuna.create_study(direction="maximize")
+    dist = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    study.add_trials(
+        [
+            optuna.trial.create_trial(
+                params={"x": 0.5}, distributions=dist, value=0.8, user_attrs={EXAMPLES_ATTR: e}
+            )
+            for e in ({"t": ref}, {"t": [0.0] * 100})
+        ]
+    )
+    running = optuna.trial.create_trial(
+        params={"x": 0.7},
+        distributions=dist,
+        state=TrialState.RUNNING,
+        intermediate_values={0: 0.65},
+    )
+    running.number = 2
+    for confidence, pruned in ((0.9, True), (0.99, False)):
+        pruner = PairedPruner({"t": 1.0}, confidence, startup_trials=2)
+        assert not pruner.prune(study, running)  # nothing noted for the trial yet
+        pruner.note(2, {"t": own})
+        assert pruner.prune(study, running) is pruned
+        assert not PairedPruner({"t": 1.0}, confidence, startup_trials=3).prune(study, running)
+    # The best trial tied with another one, which has the examples: still the first one (0.8).
+    pruner = PairedPruner({"t": 1.0}, 0.9, startup_trials=1)
+    pruner.note(2, {"t": ref[:20]})
+    assert not pruner.prune(study, running)
+
+
+def test_paired_pruning_sweep_stores_every_example_of_complete_trials(make_config) -> None:
+    pruning = {"pruner": "paired", "rungs": [0.25, 0.5], "startup_trials": 3}
+    cfg = make_config(budget__trials=16, searcher__name="tpe", pruning=pruning)
+    summary = mergesweep.run(cfg)
+    trials = _trials(cfg)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(pruned) + len(complete) == 16 and pruned and summary.pruned == len(pruned)
+    setup = open_study({**cfg, "name": "plain", "pruning": {"pruner": "none"}})
+    evaluator = Evaluator(setup.config, setup.layout)
+    sizes = {task: len(obj.order) for task, obj in evaluator.objectives.items()}
+    for t in complete:  # every example once, in the fixed order; their mean is the metric
+        examples = t.user_attrs["examples"]
+        assert {task: len(v) for task, v in examples.items()} == sizes
+        for task, values in examples.items():
+            assert sum(values) / len(values) == pytest.approx(t.user_attrs["metrics"][task])
+    best = max(complete, key=lambda t: t.values[0])
+    result = evaluator.evaluate(Job(0, setup.space.to_plan(best.params), examples=True))
+    for task, values in best.user_attrs["examples"].items():
+        assert result.examples[task] == pytest.approx(values)
+    assert result.metrics == pytest.approx(best.user_attrs["metrics"])
+    # Pruned trials trail the best complete trial of their time: on their rungs' examples,
+    # their mean is below the final best's on the same examples.
+    final = best.user_attrs["examples"]
+    for t in pruned:
+        seen = {task: sum(r["examples"][task] for r in t.user_attrs["rungs"]) for task in sizes}
+        ref = sum(sum(final[task][: seen[task]]) / seen[task] for task in sizes) / len(sizes)
+        assert t.values[0] < ref
