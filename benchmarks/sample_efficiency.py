@@ -217,6 +217,12 @@ def summarise(studies: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
             "label": STUDIES[key][2],
             "seeds": sorted(by_seed, key=int),
             "best_val_at_median": _checkpoint_medians(list(by_seed.values())),
+            # Seeds behind each checkpoint's median (runs of different budgets merged).
+            "best_val_at_seeds": {
+                c: [seed for seed, r in by_seed.items() if c in r["best_val_at"]]
+                for c in map(str, CHECKPOINTS)
+                if any(c in r["best_val_at"] for r in by_seed.values())
+            },
             "best_val_median": round(
                 float(np.median([r["best_val"] for r in by_seed.values()])), 4
             ),
