@@ -221,7 +221,10 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
                     attrs: dict[str, Any] = {}
                     if rungs.enabled and result.ok:  # the full subset: the last rung
                         rungs.record(result.number, None, result)
-                        attrs[EXAMPLES_ATTR] = _note_examples(study, result.number, rungs)
+                        examples = _note_examples(study, result.number, rungs)
+                        attrs[EXAMPLES_ATTR] = {
+                            t: [round(v, 6) for v in values] for t, values in examples.items()
+                        }
                     attrs["rungs"] = rungs.close(result.number, result.timings)
                     if _finish(setup, trial, result, retries, cfg.executor.max_retries, hv, attrs):
                         done += 1
@@ -259,13 +262,13 @@ def _job(number: int, plan: Any, rungs: Rungs) -> Job:
 
 
 def _note_examples(study: optuna.Study, number: int, rungs: Rungs) -> dict[str, list[float]]:
-    """Hand trial ``number``'s per-example metrics so far to the paired pruner; returns them
-    rounded for its ``examples`` user attr (empty without the paired pruner)."""
+    """Hand trial ``number``'s per-example metrics so far to the paired pruner and return them
+    (empty without the paired pruner)."""
     if not rungs.paired or not isinstance(study.pruner, PairedPruner):
         return {}
     examples = rungs.examples(number)
     study.pruner.note(number, examples)
-    return {t: [round(v, 6) for v in values] for t, values in examples.items()}
+    return examples
 
 
 def _climb(
@@ -287,8 +290,6 @@ def _climb(
     if not trial.should_prune():
         rungs.promote(result.number)
         return "climb"
-    if isinstance(setup.study.pruner, PairedPruner):
-        setup.study.pruner.forget(result.number)
     timings = {"load_s": result.timings.get("load_s", 0.0), "overhead_s": ask_s}
     records = rungs.close(result.number, timings)
     with batched_writes(setup.study):

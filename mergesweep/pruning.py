@@ -174,9 +174,6 @@ class PairedPruner(BasePruner):
         once it is complete)."""
         self._examples[number] = {t: np.asarray(v, dtype=np.float64) for t, v in examples.items()}
 
-    def forget(self, number: int) -> None:
-        self._examples.pop(number, None)
-
     def reference(self, trial: FrozenTrial) -> dict[str, np.ndarray] | None:
         """A complete trial's per-example metrics: cached, else its stored user attr."""
         if trial.number not in self._examples:
@@ -188,17 +185,20 @@ class PairedPruner(BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         own = self._examples.get(trial.number)
-        complete = _complete(study)
-        if trial.last_step is None or own is None or len(complete) < self.startup_trials:
+        if trial.last_step is None or own is None or not all(t in own for t in self.weights):
             return False
-        if not complete or not all(t in own for t in self.weights):
+        complete = _complete(study)
+        if not complete or len(complete) < self.startup_trials:
             return False
         sign = _sign(study)
         ref = self.reference(max(complete, key=lambda t: sign * t.values[0]))
         if ref is None:
             return False
         mean, sd = paired_gap(own, ref, self.weights, sign)
-        return mean + self.z * sd < 0.0
+        if mean + self.z * sd >= 0.0:
+            return False
+        del self._examples[trial.number]  # pruned: never a reference
+        return True
 
 
 def task_weights(cfg: ExperimentConfig) -> dict[str, float]:

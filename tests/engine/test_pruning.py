@@ -229,7 +229,9 @@ def test_paired_pruner_prunes_only_a_confident_gap_to_the_best() -> None:
         assert not pruner.prune(study, running)  # nothing noted for the trial yet
         pruner.note(2, {"t": own})
         assert pruner.prune(study, running) is pruned
-        assert not PairedPruner({"t": 1.0}, confidence, startup_trials=3).prune(study, running)
+        early = PairedPruner({"t": 1.0}, confidence, startup_trials=3)
+        early.note(2, {"t": own})
+        assert not early.prune(study, running)  # two complete trials: still in the startup
     # The best trial tied with another one, which has the examples: still the first one (0.8).
     pruner = PairedPruner({"t": 1.0}, 0.9, startup_trials=1)
     pruner.note(2, {"t": ref[:20]})
