@@ -123,6 +123,11 @@ class PruningConfig:
     trial at that rung, on the same examples, by more than ``margin``) or ``paired`` (example
     by example against the best complete trial: less than ``1 - confidence`` chance of
     matching it on the full subsets). No trial is pruned before ``startup_trials`` are complete.
+
+    ``order`` (``paired`` only): ``seeded`` scores every trial's rungs on the same seeded
+    random prefixes; ``contentious`` scores first the examples on which the complete trials
+    disagreed most with the best one, since two merges of one pool differ on only a few
+    examples, so a small first rung holds most of the evidence.
     """
 
     pruner: Literal["none", "median", "halving", "best", "paired"] = "none"
@@ -132,6 +137,7 @@ class PruningConfig:
     margin: float = 0.0
     window: int = 0
     confidence: float = 0.9
+    order: Literal["seeded", "contentious"] = "seeded"
 
 
 @dataclass
@@ -286,6 +292,11 @@ def _check_pruning(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             f"pruning.pruner: 'paired' sums per-example differences, which objectives.mode "
             f"'{cfg.objectives.mode}' does not; use mode mean or weighted, or another pruner"
+        )
+    if p.order == "contentious" and p.pruner != "paired":
+        raise ConfigError(
+            f"pruning.order: 'contentious' gives each trial its own example order, which only "
+            f"the 'paired' pruner compares (not '{p.pruner}'); use pruning.order: seeded"
         )
     if cfg.objectives.mode == "pareto":
         raise ConfigError(

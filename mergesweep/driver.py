@@ -189,7 +189,7 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
                 break
             while climbing and running < executor.capacity:
                 number = climbing.pop(0)
-                executor.submit(_job(number, plans[number], rungs))
+                executor.submit(_job(number, plans[number], rungs, study))
                 running += 1
             while running < executor.capacity and done + len(in_flight) < budget:
                 t0 = time.perf_counter()
@@ -201,7 +201,7 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
                     trial.set_user_attr("plan", plan.summary(setup.layout.experts))
                 in_flight[trial.number] = (trial, time.perf_counter() - t0)
                 plans[trial.number] = plan
-                executor.submit(_job(trial.number, plan, rungs))
+                executor.submit(_job(trial.number, plan, rungs, study))
                 running += 1
             for result in executor.wait_any():
                 running -= 1
@@ -256,18 +256,28 @@ def run_sweep(setup: StudySetup, *, progress: bool = True) -> SweepSummary:
     return summary
 
 
-def _job(number: int, plan: Any, rungs: Rungs) -> Job:
-    """Trial ``number``'s next job: the examples of its next rung that it has not been scored on."""
-    return Job(number, plan, rungs.fraction(number), rungs.start(number), rungs.paired)
+def _job(number: int, plan: Any, rungs: Rungs, study: optuna.Study) -> Job:
+    """Trial ``number``'s next job: the examples of its next rung that it has not been scored on
+    (on ``pruning.order: contentious``, a new trial first gets its order from the pruner)."""
+    if rungs.needs_order(number) and isinstance(study.pruner, PairedPruner):
+        rungs.assign(number, study.pruner.order(study))
+    return Job(
+        number,
+        plan,
+        rungs.fraction(number),
+        rungs.start(number),
+        rungs.paired,
+        rungs.positions(number),
+    )
 
 
 def _note_examples(study: optuna.Study, number: int, rungs: Rungs) -> dict[str, list[float]]:
     """Hand trial ``number``'s per-example metrics so far to the paired pruner and return them
-    (empty without the paired pruner)."""
+    (empty without the paired pruner; a complete trial's in the fixed order)."""
     if not rungs.paired or not isinstance(study.pruner, PairedPruner):
         return {}
-    examples = rungs.examples(number)
-    study.pruner.note(number, examples)
+    examples, positions = rungs.evidence(number)
+    study.pruner.note(number, examples, positions)
     return examples
 
 

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mergesweep.config import ExperimentConfig, PruningConfig
 from mergesweep.errors import ConfigError
+from mergesweep.objectives.base import prefix_size
 
 __all__ = [
     "BestPruner",
@@ -32,6 +33,8 @@ __all__ = [
     "Rungs",
     "build_pruner",
     "check_pruning",
+    "contention",
+    "ordered_gap",
     "paired_gap",
     "task_weights",
 ]
@@ -148,6 +151,60 @@ def paired_gap(
     return mean, math.sqrt(var)
 
 
+def contention(ref: Examples, others: list[Examples], tasks: list[str]) -> dict[str, np.ndarray]:
+    """Per task and example, the expected squared difference between a new trial and the
+    reference ``ref`` (the best complete trial): the mean over ``others`` (the other complete
+    trials) of ``(x − ref)²``, shrunk towards the task's mean with ``PRIOR_WEIGHT``
+    pseudo-trials, so an example no trial has disagreed on yet keeps a little variance."""
+    out: dict[str, np.ndarray] = {}
+    for task in tasks:
+        r = np.asarray(ref[task], dtype=np.float64)
+        rows = [np.asarray(o[task], dtype=np.float64) for o in others]
+        sq = np.mean([(x - r) ** 2 for x in rows], axis=0) if rows else np.zeros_like(r)
+        out[task] = (len(rows) * sq + PRIOR_WEIGHT * float(sq.mean())) / (len(rows) + PRIOR_WEIGHT)
+    return out
+
+
+def ordered_gap(
+    own: Examples,
+    positions: Mapping[str, np.ndarray | list[int]],
+    ref: Examples,
+    variance: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+    sign: float = 1.0,
+) -> tuple[float, float]:
+    """Mean and standard deviation of the full-subset difference ``own − ref`` (study value
+    units) for a trial scored on chosen examples (the ``contentious`` order), not a random
+    prefix.
+
+    The examples seen are known exactly: ``own[t][j]`` is the metric at ``positions[t][j]``,
+    ``ref[t]`` the reference's on all ``N`` examples in their natural order, and each adds
+    ``d / N`` to task ``t``'s mean. Each unseen example ``i`` adds a difference of mean 0 and
+    variance ``variance[t][i]`` (:func:`contention`), scaled by how much this trial disagreed
+    on its seen examples against what ``variance`` expected there (shrunk towards 1 with
+    ``PRIOR_WEIGHT`` pseudo-examples of the task's mean variance): a trial far from the
+    reference is expected to differ on the rest too.
+    """
+    mean = var = 0.0
+    for task, w in weights.items():
+        r = np.asarray(ref[task], dtype=np.float64)
+        x = np.asarray(own[task], dtype=np.float64)
+        big_n = len(r)
+        if big_n == 0:
+            continue
+        p = np.asarray(positions[task], dtype=np.int64)[: len(x)]
+        v = np.asarray(variance[task], dtype=np.float64)
+        d = sign * (x - r[p])
+        unseen = np.ones(big_n, dtype=bool)
+        unseen[p] = False
+        prior = PRIOR_WEIGHT * float(v.mean())
+        expected = float(v[p].sum()) + prior
+        scale = (float((d * d).sum()) + prior) / expected if expected > 0 else 1.0
+        mean += w * float(d.sum()) / big_n
+        var += w * w * scale * float(v[unseen].sum()) / big_n**2
+    return mean, math.sqrt(var)
+
+
 class PairedPruner(BasePruner):
     """Prunes a trial that has less than ``1 − confidence`` chance of matching the best complete
     trial on the full subsets, judged example by example on the prefix it has been scored on.
@@ -168,11 +225,57 @@ class PairedPruner(BasePruner):
         self.z = NormalDist().inv_cdf(confidence)
         self.startup_trials = startup_trials
         self._examples: dict[int, dict[str, np.ndarray]] = {}
+        self._positions: dict[int, dict[str, np.ndarray]] = {}
+        self._contention: tuple[tuple[int, int], dict[str, np.ndarray]] | None = None
 
-    def note(self, number: int, examples: Examples) -> None:
-        """Trial ``number``'s per-example metric per task so far (its prefix, or every example
-        once it is complete)."""
+    def note(
+        self,
+        number: int,
+        examples: Examples,
+        positions: Mapping[str, np.ndarray | list[int]] | None = None,
+    ) -> None:
+        """Trial ``number``'s per-example metric per task so far: its prefix, or every example
+        once it is complete; with ``positions``, the examples at those positions (in that
+        order) of a trial on the ``contentious`` order."""
         self._examples[number] = {t: np.asarray(v, dtype=np.float64) for t, v in examples.items()}
+        if positions is None:
+            self._positions.pop(number, None)
+        else:
+            self._positions[number] = {
+                t: np.asarray(p, dtype=np.int64) for t, p in positions.items()
+            }
+
+    def _best_and_contention(
+        self, study: optuna.Study
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+        """The best complete trial's examples and the per-example :func:`contention` of the
+        other complete trials against it (recomputed when the best or their count changes);
+        ``None`` before two complete trials with examples exist."""
+        complete = _complete(study)
+        if len(complete) < max(self.startup_trials, 2):
+            return None
+        sign = _sign(study)
+        best = max(complete, key=lambda t: sign * t.values[0])
+        ref = self.reference(best)
+        if ref is None:
+            return None
+        key = (best.number, len(complete))
+        if self._contention is None or self._contention[0] != key:
+            others = [r for t in complete if t is not best and (r := self.reference(t)) is not None]
+            if not others:
+                return None
+            self._contention = (key, contention(ref, others, list(self.weights)))
+        return ref, self._contention[1]
+
+    def order(self, study: optuna.Study) -> dict[str, np.ndarray] | None:
+        """Per task, every position of the fixed order, the most contentious first (ties keep
+        the seeded order, a random one): the order a new trial on ``pruning.order:
+        contentious`` is scored in. ``None`` until the study has two complete trials with
+        examples (then the trial climbs the seeded prefixes)."""
+        stats = self._best_and_contention(study)
+        if stats is None:
+            return None
+        return {t: np.argsort(-v, kind="stable") for t, v in stats[1].items()}
 
     def reference(self, trial: FrozenTrial) -> dict[str, np.ndarray] | None:
         """A complete trial's per-example metrics: cached, else its stored user attr."""
@@ -187,17 +290,25 @@ class PairedPruner(BasePruner):
         own = self._examples.get(trial.number)
         if trial.last_step is None or own is None or not all(t in own for t in self.weights):
             return False
-        complete = _complete(study)
-        if not complete or len(complete) < self.startup_trials:
-            return False
         sign = _sign(study)
-        ref = self.reference(max(complete, key=lambda t: sign * t.values[0]))
-        if ref is None:
-            return False
-        mean, sd = paired_gap(own, ref, self.weights, sign)
+        positions = self._positions.get(trial.number)
+        if positions is not None:
+            stats = self._best_and_contention(study)
+            if stats is None:
+                return False
+            mean, sd = ordered_gap(own, positions, stats[0], stats[1], self.weights, sign)
+        else:
+            complete = _complete(study)
+            if not complete or len(complete) < self.startup_trials:
+                return False
+            ref = self.reference(max(complete, key=lambda t: sign * t.values[0]))
+            if ref is None:
+                return False
+            mean, sd = paired_gap(own, ref, self.weights, sign)
         if mean + self.z * sd >= 0.0:
             return False
         del self._examples[trial.number]  # pruned: never a reference
+        self._positions.pop(trial.number, None)
         return True
 
 
@@ -253,6 +364,7 @@ class _Ladder:
     records: list[dict[str, Any]] = field(default_factory=list)
     sums: dict[str, tuple[float, int]] = field(default_factory=dict)  # task -> (sum, count)
     examples: dict[str, list[float]] = field(default_factory=dict)  # task -> per-example metric
+    order: dict[str, np.ndarray] | None = None  # contentious: positions in scoring order
 
 
 class Rungs:
@@ -266,6 +378,7 @@ class Rungs:
         on = cfg.pruner != "none"
         self.fractions = [*cfg.rungs, 1.0] if on else [1.0]
         self.paired = cfg.pruner == "paired"  # jobs return per-example metrics
+        self.contentious = self.paired and cfg.order == "contentious"
         self._ladders: dict[int, _Ladder] = {}
 
     @property
@@ -280,6 +393,30 @@ class Rungs:
         """The prefix trial ``number`` has already been scored on (0 before its first rung)."""
         rung = self._ladders.setdefault(number, _Ladder()).rung
         return self.fractions[rung - 1] if rung else 0.0
+
+    def assign(self, number: int, order: Mapping[str, np.ndarray] | None) -> None:
+        """Give trial ``number`` its own scoring order (per task, every position of the fixed
+        order), before its first rung; ``None`` keeps the seeded prefixes."""
+        ladder = self._ladders.setdefault(number, _Ladder())
+        if not ladder.rung and order is not None:
+            ladder.order = {t: np.asarray(o, dtype=np.int64) for t, o in order.items()}
+
+    def needs_order(self, number: int) -> bool:
+        """Whether trial ``number`` is about to start and should be given an order."""
+        ladder = self._ladders.setdefault(number, _Ladder())
+        return self.contentious and ladder.rung == 0 and ladder.order is None
+
+    def positions(self, number: int) -> dict[str, list[int]] | None:
+        """The positions trial ``number``'s next rung scores, per task (``None``: the seeded
+        prefixes between :meth:`start` and :meth:`fraction`)."""
+        ladder = self._ladders.setdefault(number, _Ladder())
+        if ladder.order is None:
+            return None
+        lo, hi = self.start(number), self.fraction(number)
+        return {
+            t: o[prefix_size(lo, len(o)) : prefix_size(hi, len(o))].tolist()
+            for t, o in ladder.order.items()
+        }
 
     def accumulate(self, number: int, result: Any) -> None:
         """Fold a rung's result (means over the examples it scored, ``result.counts``) into
@@ -297,9 +434,23 @@ class Rungs:
             sums[task] = (total, count)
             result.metrics[task] = total / count if count else value
 
-    def examples(self, number: int) -> dict[str, list[float]]:
-        """Trial ``number``'s per-example metric per task over every rung so far (paired)."""
-        return self._ladders.setdefault(number, _Ladder()).examples
+    def evidence(self, number: int) -> tuple[dict[str, list[float]], dict[str, np.ndarray] | None]:
+        """Trial ``number``'s per-example metric per task over every rung so far (paired) and
+        the positions they were scored at, in scoring order; ``None`` for the positions on the
+        seeded prefixes, and once every example is scored (the values are then in the fixed
+        order, positions 0..N−1, as a complete trial stores them)."""
+        ladder = self._ladders.setdefault(number, _Ladder())
+        if ladder.order is None:
+            return ladder.examples, None
+        seen = {t: len(ladder.examples.get(t, [])) for t in ladder.order}
+        if any(seen[t] < len(o) for t, o in ladder.order.items()):
+            return ladder.examples, {t: o[: seen[t]] for t, o in ladder.order.items()}
+        natural: dict[str, list[float]] = {}
+        for task, order in ladder.order.items():
+            values = np.empty(len(order), dtype=np.float64)
+            values[order] = ladder.examples[task]
+            natural[task] = values.tolist()
+        return natural, None
 
     def is_last(self, number: int) -> bool:
         ladder = self._ladders.setdefault(number, _Ladder())
@@ -314,6 +465,7 @@ class Rungs:
             "value": value,
             "metrics": dict(result.metrics),
             "examples": dict(result.counts),  # scored by this rung (the rest: rungs below)
+            "order": "seeded" if ladder.order is None else "contentious",
             "merge_s": result.timings.get("merge_s", 0.0),
             "eval_s": result.timings.get("eval_s", 0.0),
         }

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import ClassVar, Literal
 
 import torch
@@ -11,10 +12,16 @@ from torch import nn
 
 from mergesweep.pool import ModelPool
 
-__all__ = ["DIRECTIONS", "Direction", "Objective"]
+__all__ = ["DIRECTIONS", "Direction", "Objective", "prefix_size"]
 
 Direction = Literal["maximize", "minimize"]
 DIRECTIONS: tuple[Direction, ...] = ("maximize", "minimize")
+
+
+def prefix_size(fraction: float, n: int) -> int:
+    """Examples in the prefix ``fraction`` of an ``n``-example subset: ``max(1, ceil(f · n))``,
+    none at 0 and all of them at 1 (the driver and the objectives count rungs alike)."""
+    return 0 if fraction <= 0 else n if fraction >= 1 else max(1, math.ceil(fraction * n))
 
 
 class Objective(ABC):
@@ -74,6 +81,13 @@ class Objective(ABC):
         """The per-example metric (1-D, float64) over the same examples as
         :meth:`evaluate_range`, in the fixed order: the paired pruner compares two trials
         example by example. Objectives with ``prefixes`` provide it."""
+        raise NotImplementedError(f"objective '{self.kind}' cannot score single examples")
+
+    def evaluate_positions(self, model: nn.Module, positions: Sequence[int]) -> torch.Tensor:
+        """The per-example metric (1-D, float64) of the examples at ``positions`` of the fixed
+        order, in the order given: the paired pruner's ``contentious`` order scores the
+        examples most likely to tell two trials apart first. Objectives with ``prefixes``
+        provide it."""
         raise NotImplementedError(f"objective '{self.kind}' cannot score single examples")
 
     def batches(self, limit: int | None = None) -> Iterator[dict[str, torch.Tensor]]:

@@ -9,9 +9,8 @@ says how a batch's logits (and labels) add to its metric.
 from __future__ import annotations
 
 import json
-import math
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from mergesweep.errors import ConfigError, MissingFileError, ObjectiveError
-from mergesweep.objectives.base import Objective
+from mergesweep.objectives.base import Objective, prefix_size
 from mergesweep.pool import ModelPool
 
 __all__ = ["DataObjective", "load_split", "output_logits", "subset_indices"]
@@ -322,9 +321,28 @@ class DataObjective(Objective):
         self._ready()
         return self._values(model, self._size(start), self._size(stop))
 
-    def _size(self, fraction: float) -> int:
+    def evaluate_positions(self, model: nn.Module, positions: Sequence[int]) -> torch.Tensor:
+        """Per-example metric of the examples at ``positions`` of the seeded order, in the order
+        given; each is scored inside its own prebuilt batch (the same padding as a whole
+        evaluation), one forward pass per batch that holds any of them."""
+        self._ready()
+        pos = np.asarray(positions, dtype=np.int64)
         n = len(self.order)
-        return 0 if fraction <= 0 else n if fraction >= 1 else max(1, math.ceil(fraction * n))
+        if len(pos) and (pos.min() < 0 or pos.max() >= n or len(np.unique(pos)) != len(pos)):
+            raise ObjectiveError(
+                f"objective '{self.task}': positions must be distinct and in [0, {n})"
+            )
+        out = torch.zeros(len(pos), dtype=torch.float64)
+        batch_of = pos // self.batch_size
+        with torch.inference_mode():
+            for b in np.unique(batch_of):
+                where = np.flatnonzero(batch_of == b)
+                rows = torch.from_numpy(pos[where] - b * self.batch_size)
+                out[torch.from_numpy(where)] = self._batch_values(model, int(b), rows)
+        return out
+
+    def _size(self, fraction: float) -> int:
+        return prefix_size(fraction, len(self.order))
 
     def _sum(self, model: nn.Module, lo: int, hi: int) -> tuple[float, int]:
         values = self._values(model, lo, hi)
@@ -342,16 +360,20 @@ class DataObjective(Objective):
                 seen += size
                 if a >= b:
                     continue
-                batch = {k: v[a:b] for k, v in batch.items()}
-                logits = self.logits(model, batch).float()
-                labels = self._labels[i][a:b].to(logits.device) if self.needs_labels else None
-                if labels is not None and len(labels) and int(labels.max()) >= logits.shape[-1]:
-                    raise ObjectiveError(
-                        f"{self.key('label')}: label {int(labels.max())} is out of range for a "
-                        f"model with {logits.shape[-1]} outputs"
-                    )
-                parts.append(self.scores(logits, labels).detach().to("cpu", torch.float64))
+                parts.append(self._batch_values(model, i, slice(a, b)))
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+    def _batch_values(self, model: nn.Module, i: int, rows: slice | torch.Tensor) -> torch.Tensor:
+        """Per-example metric (float64, CPU) of ``rows`` of prebuilt batch ``i``."""
+        batch = {k: v[rows] for k, v in self._inputs[i].items()}
+        logits = self.logits(model, batch).float()
+        labels = self._labels[i][rows].to(logits.device) if self.needs_labels else None
+        if labels is not None and len(labels) and int(labels.max()) >= logits.shape[-1]:
+            raise ObjectiveError(
+                f"{self.key('label')}: label {int(labels.max())} is out of range for a "
+                f"model with {logits.shape[-1]} outputs"
+            )
+        return self.scores(logits, labels).detach().to("cpu", torch.float64)
 
     @abstractmethod
     def scores(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:

@@ -24,6 +24,8 @@ class Job:
     ``start`` above 0 (a higher rung): only the examples past the prefix ``start`` are scored,
     and the result holds their means and ``counts``; the driver adds the rung below.
     ``examples``: return every scored example's metric too (the paired pruner's evidence).
+    ``positions`` (the paired pruner's ``contentious`` order): per task, exactly which
+    examples of the fixed order to score, in that order, instead of the prefixes.
     """
 
     number: int
@@ -31,6 +33,7 @@ class Job:
     fraction: float = 1.0
     start: float = 0.0
     examples: bool = False
+    positions: dict[str, list[int]] | None = None
 
 
 @dataclass

@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 import mergesweep
-from mergesweep.errors import ConfigError
+from mergesweep.errors import ConfigError, ObjectiveError
 from mergesweep.objectives import build_objective
 from mergesweep.runtime import Job
 from mergesweep.runtime.worker import Evaluator
@@ -100,6 +100,7 @@ def test_resume_with_pruning_reaches_the_budget(make_config) -> None:
         ({"pruning": {"pruner": "median"}, "objectives__mode": "pareto"}, r"pareto"),
         ({"pruning": {"pruner": "paired", "confidence": 1.0}}, r"pruning\.confidence"),
         ({"pruning": {"pruner": "paired"}, "objectives__mode": "min"}, r"'paired' sums"),
+        ({"pruning": {"pruner": "median", "order": "contentious"}}, r"pruning\.order"),
         ({"pruning": {"pruner": "median"}, "searcher__name": "adamerging"}, r"own loop"),
     ],
 )
@@ -266,3 +267,116 @@ def test_paired_pruning_sweep_stores_every_example_of_complete_trials(make_confi
         seen = {task: sum(r["examples"][task] for r in t.user_attrs["rungs"]) for task in sizes}
         ref = sum(sum(final[task][: seen[task]]) / seen[task] for task in sizes) / len(sizes)
         assert t.values[0] < ref
+
+
+def test_positions_score_the_same_examples_as_the_fixed_order(make_config) -> None:
+    """Any positions, in any order and across batches, give each example's own metric."""
+    setup = open_study(make_config())
+    evaluator = Evaluator(setup.config, setup.layout)
+    evaluator.method.apply(evaluator.pool, setup.space.to_plan(setup.space.init_point()))
+    obj = evaluator.objectives["low"]
+    obj.batch_size = 16  # several batches of the prebuilt ones in one call
+    obj.setup(evaluator.pool, setup.cfg.seed)
+    model = evaluator.pool.model(evaluator.heads["low"])
+    every = obj.evaluate_examples(model, 0.0, 1.0)
+    n = len(every)
+    positions = [n - 1, 3, 40, 17, 0, 16, 33]
+    values = obj.evaluate_positions(model, positions)
+    assert values.tolist() == pytest.approx(every[positions].tolist())
+    assert obj.evaluate_positions(model, []).numel() == 0
+    with pytest.raises(ObjectiveError, match="distinct"):
+        obj.evaluate_positions(model, [1, 1])
+    plan = setup.space.to_plan(setup.space.init_point())
+    result = evaluator.evaluate(
+        Job(0, plan, examples=True, positions={t: [2, 0] for t in evaluator.objectives})
+    )
+    assert result.counts == dict.fromkeys(evaluator.objectives, 2)
+    assert result.examples["low"] == pytest.approx(every[[2, 0]].tolist())
+
+
+def test_contention_and_ordered_gap_by_hand() -> None:
+    """``contention``: mean squared difference to the best, shrunk with two pseudo-trials of
+    the task's mean. ``ordered_gap``: the seen examples exactly, the unseen ones' variance
+    scaled by the trial's observed over expected disagreement on the seen ones."""
+    from mergesweep.pruning import contention, ordered_gap
+
+    v = contention({"t": [1, 1, 0]}, [{"t": [0, 1, 0]}, {"t": [1, 1, 1]}], ["t"])["t"]
+    third = 2 / 3  # two pseudo-trials of the mean 1/3
+    assert v.tolist() == pytest.approx([(1 + third) / 4, third / 4, (1 + third) / 4])
+    ref = [1.0] * 8 + [0.0] * 2
+    var = [0.5, 0.5, 0.1, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    own, pos = [0.0, 1.0, 1.0], [0, 1, 2]  # wrong where the best is right, on position 0
+    mean, sd = ordered_gap({"t": own}, {"t": pos}, {"t": ref}, {"t": var}, {"t": 1.0})
+    prior = 2 * 0.12
+    assert mean == pytest.approx(-0.1)
+    assert sd == pytest.approx(math.sqrt((1 + prior) / (1.1 + prior) * 0.1 / 100))
+    # Minimizing reads the difference the other way; every example seen: no uncertainty.
+    flipped = ordered_gap({"t": own}, {"t": pos}, {"t": ref}, {"t": var}, {"t": 1.0}, -1.0)
+    assert flipped == pytest.approx((0.1, sd))
+    whole = ordered_gap({"t": ref[::-1]}, {"t": range(9, -1, -1)}, {"t": ref}, {"t": var}, {"t": 1})
+    assert whole == (0.0, 0.0)
+    # Agreeing on the contentious examples: a smaller spread than disagreeing on them.
+    agree = ordered_gap({"t": ref[:3]}, {"t": pos}, {"t": ref}, {"t": var}, {"t": 1.0})
+    assert agree[0] == 0.0 and agree[1] < sd
+
+
+def test_paired_pruner_orders_examples_by_contention() -> None:
+    """The order puts first the examples the other complete trials disagreed on with the
+    best; a trial scored there and trailing the best is pruned with fewer examples seen."""
+    from mergesweep.pruning import EXAMPLES_ATTR, PairedPruner
+
+    best = [1.0] * 90 + [0.0] * 10
+    near = list(best)
+    for i in (95, 96, 40):
+        near[i] = 1.0 - near[i]
+    far = list(best)
+    for i in (95, 40, 7):
+        far[i] = 1.0 - far[i]
+    study = optuna.create_study(direction="maximize")
+    dist = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    study.add_trials(
+        [
+            optuna.trial.create_trial(
+                params={"x": 0.5}, distributions=dist, value=v, user_attrs={EXAMPLES_ATTR: e}
+            )
+            for v, e in ((0.9, {"t": best}), (0.89, {"t": near}), (0.88, {"t": far}))
+        ]
+    )
+    pruner = PairedPruner({"t": 1.0}, 0.9, startup_trials=3)
+    order = pruner.order(study)["t"]
+    assert order[:2].tolist() == [40, 95]  # both disagreed there
+    assert sorted(order[2:4].tolist()) == [7, 96]  # one trial each
+    assert sorted(order.tolist()) == list(range(100))
+    running = optuna.trial.create_trial(
+        params={"x": 0.7}, distributions=dist, state=TrialState.RUNNING, intermediate_values={0: 0}
+    )
+    running.number = 3
+    # Wrong on the four contentious examples where the best is right, of the ten seen.
+    seen = order[:10]
+    own = [0.0 if best[i] == 1.0 and k < 4 else best[i] for k, i in enumerate(seen)]
+    pruner.note(3, {"t": own}, {"t": seen})
+    assert pruner.prune(study, running)
+    pruner.note(3, {"t": [best[i] for i in seen]}, {"t": seen})  # agreeing: not pruned
+    assert not pruner.prune(study, running)
+    assert PairedPruner({"t": 1.0}, 0.9, startup_trials=4).order(study) is None  # startup
+
+
+def test_contentious_sweep_scores_new_trials_on_their_own_order(make_config) -> None:
+    pruning = {"pruner": "paired", "rungs": [0.2, 0.5], "startup_trials": 3}
+    pruning["order"] = "contentious"
+    cfg = make_config(budget__trials=16, searcher__name="tpe", pruning=pruning)
+    summary = mergesweep.run(cfg)
+    trials = _trials(cfg)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(pruned) + len(complete) == 16 and pruned and summary.pruned == len(pruned)
+    orders = [t.user_attrs["rungs"][0]["order"] for t in trials]
+    assert orders[:3] == ["seeded"] * 3 and set(orders[3:]) == {"contentious"}
+    setup = open_study({**cfg, "name": "plain", "pruning": {"pruner": "none"}})
+    evaluator = Evaluator(setup.config, setup.layout)
+    for t in complete[3:]:  # scored in their own order, stored in the fixed one
+        result = evaluator.evaluate(Job(0, setup.space.to_plan(t.params), examples=True))
+        for task, values in t.user_attrs["examples"].items():
+            assert values == pytest.approx(result.examples[task])
+        assert t.user_attrs["metrics"] == pytest.approx(result.metrics)
+        assert t.values[0] == pytest.approx(sum(result.metrics.values()) / len(result.metrics))
