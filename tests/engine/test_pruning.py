@@ -239,8 +239,10 @@ def test_paired_pruner_prunes_only_a_confident_gap_to_the_best() -> None:
     assert not pruner.prune(study, running)
 
 
-def test_paired_pruning_sweep_stores_every_example_of_complete_trials(make_config) -> None:
-    pruning = {"pruner": "paired", "rungs": [0.25, 0.5], "startup_trials": 3}
+def _paired_sweep(make_config, **options):
+    """A 16-trial TPE sweep with the paired pruner; its trials and a worker of the same pool
+    (a study without pruning) to score them again."""
+    pruning = {"pruner": "paired", "rungs": [0.25, 0.5], "startup_trials": 3, **options}
     cfg = make_config(budget__trials=16, searcher__name="tpe", pruning=pruning)
     summary = mergesweep.run(cfg)
     trials = _trials(cfg)
@@ -248,7 +250,11 @@ def test_paired_pruning_sweep_stores_every_example_of_complete_trials(make_confi
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(pruned) + len(complete) == 16 and pruned and summary.pruned == len(pruned)
     setup = open_study({**cfg, "name": "plain", "pruning": {"pruner": "none"}})
-    evaluator = Evaluator(setup.config, setup.layout)
+    return trials, pruned, complete, setup, Evaluator(setup.config, setup.layout)
+
+
+def test_paired_pruning_sweep_stores_every_example_of_complete_trials(make_config) -> None:
+    _, pruned, complete, setup, evaluator = _paired_sweep(make_config)
     sizes = {task: len(obj.order) for task, obj in evaluator.objectives.items()}
     for t in complete:  # every example once, in the fixed order; their mean is the metric
         examples = t.user_attrs["examples"]
@@ -362,18 +368,9 @@ def test_paired_pruner_orders_examples_by_contention() -> None:
 
 
 def test_contentious_sweep_scores_new_trials_on_their_own_order(make_config) -> None:
-    pruning = {"pruner": "paired", "rungs": [0.2, 0.5], "startup_trials": 3}
-    pruning["order"] = "contentious"
-    cfg = make_config(budget__trials=16, searcher__name="tpe", pruning=pruning)
-    summary = mergesweep.run(cfg)
-    trials = _trials(cfg)
-    pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(pruned) + len(complete) == 16 and pruned and summary.pruned == len(pruned)
+    trials, _, complete, setup, evaluator = _paired_sweep(make_config, order="contentious")
     orders = [t.user_attrs["rungs"][0]["order"] for t in trials]
     assert orders[:3] == ["seeded"] * 3 and set(orders[3:]) == {"contentious"}
-    setup = open_study({**cfg, "name": "plain", "pruning": {"pruner": "none"}})
-    evaluator = Evaluator(setup.config, setup.layout)
     for t in complete[3:]:  # scored in their own order, stored in the fixed one
         result = evaluator.evaluate(Job(0, setup.space.to_plan(t.params), examples=True))
         for task, values in t.user_attrs["examples"].items():
