@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -16,8 +17,45 @@ from mergesweep.spaces.base import Space
 __all__ = ["GP", "NSGA2", "TPE", "CmaEs", "Grid", "Random"]
 
 
+class _CompleteCount:
+    """TPE's ``gamma`` (its good group's size) counted over the complete trials only: Optuna's
+    default ``min(ceil(0.1 · n), 25)`` (no cap with several objectives) with ``n`` the complete
+    trials, not complete + pruned.
+
+    Pruned trials rank below every complete one in TPE's split, so with Optuna's count, a study
+    that prunes most trials puts every complete trial in the good group, the random startup
+    ones too, and TPE stops focusing. Without pruning the two counts are the same.
+    """
+
+    def __init__(self) -> None:
+        self.complete: int | None = None
+        self.cap: int | None = 25
+
+    def __call__(self, n: int) -> int:
+        below = math.ceil(0.1 * (n if self.complete is None else min(n, self.complete)))
+        return below if self.cap is None else min(below, self.cap)
+
+
+class _TPESampler(optuna.samplers.TPESampler):
+    """Optuna's TPE with :class:`_CompleteCount` as its ``gamma``, refreshed before each trial."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._count = _CompleteCount()
+        with warnings.catch_warnings():
+            # gamma is deprecated for optuna 6 (pinned below it) but is the way to size the split.
+            warnings.simplefilter("ignore", FutureWarning)
+            super().__init__(gamma=self._count, **kwargs)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        super().before_trial(study, trial)
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        self._count.complete = len(done)
+        self._count.cap = None if len(study.directions) > 1 else 25
+
+
 class TPE(Searcher):
-    """Tree-structured Parzen estimator (multivariate), the quick default."""
+    """Tree-structured Parzen estimator (multivariate), the quick default; its good group is
+    sized by the complete trials (:class:`_CompleteCount`), so pruning does not blur it."""
 
     name = "tpe"
 
@@ -27,7 +65,7 @@ class TPE(Searcher):
 
     def sampler(self, ctx: SearchContext) -> optuna.samplers.BaseSampler:
         use_scipy_truncnorm()  # TPE's candidate draws in C rather than Python loops
-        return optuna.samplers.TPESampler(
+        return _TPESampler(
             seed=ctx.seed,
             n_startup_trials=self.n_startup_trials,
             multivariate=self.multivariate,

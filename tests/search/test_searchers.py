@@ -91,3 +91,46 @@ def test_bad_searcher_input() -> None:
         build_searcher("cmaes", {"popsiz": 3})
     with pytest.raises(ConfigError, match=r"searcher\.options\.points"):
         build_searcher("grid", {"points": 1})
+
+
+def test_tpe_matches_optunas_without_pruning_and_sizes_its_good_group_by_complete_trials():
+    """Without pruned trials mergesweep's TPE proposes exactly Optuna's points; with them its
+    good group is 10% of the complete trials, where Optuna's would be 10% of all trials."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from mergesweep.search.base import SearchContext
+    from mergesweep.search.samplers import TPE
+
+    def objective(trial):
+        x, y = trial.suggest_float("x", 0, 1), trial.suggest_float("y", 0, 1)
+        return (x - 0.3) ** 2 + (y - 0.7) ** 2
+
+    ctx = SearchContext(space=None, seed=3, directions=["minimize"], budget=25)
+    ours = TPE(n_startup_trials=5).sampler(ctx)
+    theirs = optuna.samplers.TPESampler(seed=3, n_startup_trials=5, multivariate=True)
+    points = []
+    for sampler in (ours, theirs):
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(objective, n_trials=25)
+        points.append([t.params for t in study.trials])
+    assert points[0] == points[1]
+
+    study = optuna.create_study(sampler=ours)
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    trials = [
+        optuna.trial.create_trial(params={"x": i / 100}, distributions=dist, value=float(i))
+        for i in range(20)
+    ] + [
+        optuna.trial.create_trial(
+            params={"x": 0.5},
+            distributions=dist,
+            state=TrialState.PRUNED,
+            intermediate_values={0: 1.0},
+        )
+        for _ in range(180)
+    ]
+    study.add_trials(trials)
+    study.ask()
+    assert ours._count.complete == 20 and ours._count(200) == 2  # Optuna's: 20
+    assert optuna.samplers._tpe.sampler.default_gamma(200) == 20
