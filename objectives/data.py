@@ -195,6 +195,13 @@ class DataObjective(Objective):
         self.order: np.ndarray | None = None
         self._inputs: list[dict[str, torch.Tensor]] = []
         self._labels: list[torch.Tensor] = []
+        # Per example, for scoring chosen positions: the input tensors (rows), or the unpadded
+        # encodings and the tokenizer that pads a batch of them; every label.
+        self._rows: dict[str, torch.Tensor] = {}
+        self._encoded: dict[str, list[Any]] | None = None
+        self._padder: Any = None
+        self._all_labels: torch.Tensor | None = None
+        self._device = torch.device("cpu")
 
     # -- setup -----------------------------------------------------------------------------
     def setup(self, pool: ModelPool | None, seed: int) -> None:
@@ -235,13 +242,16 @@ class DataObjective(Objective):
                     "labels must be integer class ids"
                 )
             labels = torch.from_numpy(raw.astype(np.int64))
+        self._device = device
         if columns:
             arrays = {c: torch.from_numpy(_column(data, c, self.key("inputs"))) for c in columns}
             batches = self._split(arrays)
+            self._rows = {k: v.to(device) for k, v in arrays.items()}
         else:
             batches = self._tokenize(pool, list(data["text"]))
         self._inputs = [{k: v.to(device) for k, v in b.items()} for b in batches]
         self._labels = [] if labels is None else [y.to(device) for y in self._split_one(labels)]
+        self._all_labels = None if labels is None else labels.to(device)
 
     def _split_one(self, t: torch.Tensor) -> list[torch.Tensor]:
         return list(torch.split(t, self.batch_size))
@@ -253,6 +263,9 @@ class DataObjective(Objective):
 
     def _tokenize(self, pool: ModelPool | None, texts: list[str]) -> list[dict[str, torch.Tensor]]:
         tokenizer = self._tokenizer(pool)
+        texts = [str(t) for t in texts]
+        self._encoded = dict(tokenizer(texts, truncation=True, max_length=self.max_length))
+        self._padder = tokenizer
         out = []
         for s in range(0, len(texts), self.batch_size):
             enc = tokenizer(
@@ -323,8 +336,8 @@ class DataObjective(Objective):
 
     def evaluate_positions(self, model: nn.Module, positions: Sequence[int]) -> torch.Tensor:
         """Per-example metric of the examples at ``positions`` of the seeded order, in the order
-        given; each is scored inside its own prebuilt batch (the same padding as a whole
-        evaluation), one forward pass per batch that holds any of them."""
+        given, in batches of ``batch_size`` built from them (text padded to each batch's own
+        longest example); the values match a whole evaluation's up to float rounding."""
         self._ready()
         pos = np.asarray(positions, dtype=np.int64)
         n = len(self.order)
@@ -332,14 +345,24 @@ class DataObjective(Objective):
             raise ObjectiveError(
                 f"objective '{self.task}': positions must be distinct and in [0, {n})"
             )
-        out = torch.zeros(len(pos), dtype=torch.float64)
-        batch_of = pos // self.batch_size
+        parts: list[torch.Tensor] = []
         with torch.inference_mode():
-            for b in np.unique(batch_of):
-                where = np.flatnonzero(batch_of == b)
-                rows = torch.from_numpy(pos[where] - b * self.batch_size)
-                out[torch.from_numpy(where)] = self._batch_values(model, int(b), rows)
-        return out
+            for s in range(0, len(pos), self.batch_size):
+                chunk = pos[s : s + self.batch_size]
+                labels = self._all_labels
+                labels = None if labels is None else labels[torch.from_numpy(chunk)]
+                parts.append(self._batch_values(model, self._gather(chunk), labels))
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+    def _gather(self, chunk: np.ndarray) -> dict[str, torch.Tensor]:
+        """One model-input batch of the examples at ``chunk``: text padded to its own longest
+        example (so a batch of short examples is cheap), tensors by row."""
+        if self._encoded is None:
+            index = torch.from_numpy(chunk)
+            return {k: v[index] for k, v in self._rows.items()}
+        features = [{k: v[i] for k, v in self._encoded.items()} for i in chunk.tolist()]
+        batch = self._padder.pad(features, padding=True, return_tensors="pt")
+        return {k: v.to(self._device) for k, v in batch.items()}
 
     def _size(self, fraction: float) -> int:
         return prefix_size(fraction, len(self.order))
@@ -360,14 +383,17 @@ class DataObjective(Objective):
                 seen += size
                 if a >= b:
                     continue
-                parts.append(self._batch_values(model, i, slice(a, b)))
+                part = {k: v[a:b] for k, v in batch.items()}
+                labels = self._labels[i][a:b] if self.needs_labels else None
+                parts.append(self._batch_values(model, part, labels))
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 
-    def _batch_values(self, model: nn.Module, i: int, rows: slice | torch.Tensor) -> torch.Tensor:
-        """Per-example metric (float64, CPU) of ``rows`` of prebuilt batch ``i``."""
-        batch = {k: v[rows] for k, v in self._inputs[i].items()}
+    def _batch_values(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Per-example metric (float64, CPU) of one batch."""
         logits = self.logits(model, batch).float()
-        labels = self._labels[i][rows].to(logits.device) if self.needs_labels else None
+        labels = labels.to(logits.device) if labels is not None else None
         if labels is not None and len(labels) and int(labels.max()) >= logits.shape[-1]:
             raise ObjectiveError(
                 f"{self.key('label')}: label {int(labels.max())} is out of range for a "
