@@ -96,12 +96,15 @@ def test_pruning_experiment_prunes_and_completes(text_zoo, tmp_path) -> None:
     states = [t.state for t in trials]
     assert len(trials) == 8 and TrialState.FAIL not in states
     assert summary.pruned == states.count(TrialState.PRUNED) >= 1
+    # After two complete trials, each new one scores the disputed examples first.
+    orders = [t.user_attrs["rungs"][0]["order"] for t in trials]
+    assert orders == ["seeded"] * 2 + ["contentious"] * 6
     for t in trials:
         rungs = t.user_attrs["rungs"]
         examples = [sum(r["examples"].values()) for r in rungs]
         if t.state == TrialState.COMPLETE:
-            # 10%, 30%, then the rest of 64 examples per task: each example scored once
-            assert [r["fraction"] for r in rungs] == [0.1, 0.3, 1.0]
-            assert examples == [3 * 7, 3 * (20 - 7), 3 * (64 - 20)]
+            # 5%, 20%, then the rest of 64 examples per task: each example scored once
+            assert [r["fraction"] for r in rungs] == [0.05, 0.2, 1.0]
+            assert examples == [3 * 4, 3 * (13 - 4), 3 * (64 - 13)]
         else:
             assert t.values[0] == t.intermediate_values[max(t.intermediate_values)]
