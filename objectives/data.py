@@ -244,14 +244,15 @@ class DataObjective(Objective):
             labels = torch.from_numpy(raw.astype(np.int64))
         self._device = device
         if columns:
-            arrays = {c: torch.from_numpy(_column(data, c, self.key("inputs"))) for c in columns}
-            batches = self._split(arrays)
-            self._rows = {k: v.to(device) for k, v in arrays.items()}
+            self._rows = {
+                c: torch.from_numpy(_column(data, c, self.key("inputs"))).to(device)
+                for c in columns
+            }
+            self._inputs = self._split(self._rows)  # views of the rows
         else:
-            batches = self._tokenize(pool, list(data["text"]))
-        self._inputs = [{k: v.to(device) for k, v in b.items()} for b in batches]
-        self._labels = [] if labels is None else [y.to(device) for y in self._split_one(labels)]
+            self._inputs = self._tokenize(pool, list(data["text"]))
         self._all_labels = None if labels is None else labels.to(device)
+        self._labels = [] if labels is None else self._split_one(self._all_labels)
 
     def _split_one(self, t: torch.Tensor) -> list[torch.Tensor]:
         return list(torch.split(t, self.batch_size))
@@ -262,21 +263,16 @@ class DataObjective(Objective):
         return [{k: v[i] for k, v in parts.items()} for i in range(n)]
 
     def _tokenize(self, pool: ModelPool | None, texts: list[str]) -> list[dict[str, torch.Tensor]]:
+        """Encode every text once (truncated, unpadded; kept for :meth:`_gather`) and pad
+        consecutive runs of ``batch_size`` into the prebuilt batches."""
         tokenizer = self._tokenizer(pool)
-        texts = [str(t) for t in texts]
-        self._encoded = dict(tokenizer(texts, truncation=True, max_length=self.max_length))
-        self._padder = tokenizer
-        out = []
-        for s in range(0, len(texts), self.batch_size):
-            enc = tokenizer(
-                [str(t) for t in texts[s : s + self.batch_size]],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-            out.append(dict(enc))
-        return out
+        encoded = tokenizer([str(t) for t in texts], truncation=True, max_length=self.max_length)
+        self._encoded, self._padder = dict(encoded), tokenizer
+        n = len(texts)
+        return [
+            self._gather(np.arange(s, min(s + self.batch_size, n)))
+            for s in range(0, n, self.batch_size)
+        ]
 
     def _tokenizer(self, pool: ModelPool | None):
         from transformers import AutoTokenizer

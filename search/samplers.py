@@ -27,9 +27,9 @@ class _CompleteCount:
     ones too, and TPE stops focusing. Without pruning the two counts are the same.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, objectives: int = 1) -> None:
         self.complete: int | None = None
-        self.cap: int | None = 25
+        self.cap = 25 if objectives == 1 else None
 
     def __call__(self, n: int) -> int:
         below = math.ceil(0.1 * (n if self.complete is None else min(n, self.complete)))
@@ -39,8 +39,8 @@ class _CompleteCount:
 class _TPESampler(optuna.samplers.TPESampler):
     """Optuna's TPE with :class:`_CompleteCount` as its ``gamma``, refreshed before each trial."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        self._count = _CompleteCount()
+    def __init__(self, objectives: int = 1, **kwargs: Any) -> None:
+        self._count = _CompleteCount(objectives)
         with warnings.catch_warnings():
             # gamma is deprecated for optuna 6 (pinned below it) but is the way to size the split.
             warnings.simplefilter("ignore", FutureWarning)
@@ -50,7 +50,6 @@ class _TPESampler(optuna.samplers.TPESampler):
         super().before_trial(study, trial)
         done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         self._count.complete = len(done)
-        self._count.cap = None if len(study.directions) > 1 else 25
 
 
 class TPE(Searcher):
@@ -66,6 +65,7 @@ class TPE(Searcher):
     def sampler(self, ctx: SearchContext) -> optuna.samplers.BaseSampler:
         use_scipy_truncnorm()  # TPE's candidate draws in C rather than Python loops
         return _TPESampler(
+            objectives=len(ctx.directions),
             seed=ctx.seed,
             n_startup_trials=self.n_startup_trials,
             multivariate=self.multivariate,

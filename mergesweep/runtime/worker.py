@@ -86,15 +86,14 @@ class Evaluator:
             part = job.fraction < 1.0 or job.start > 0.0
             for task, obj in self.objectives.items():
                 model = self.pool.model(self.heads[task])
-                if job.positions is not None:
-                    values = obj.evaluate_positions(model, job.positions[task])
+                if job.positions is not None or job.examples:
+                    values = (
+                        obj.evaluate_positions(model, job.positions[task])
+                        if job.positions is not None
+                        else obj.evaluate_examples(model, job.start, job.fraction)
+                    )
                     if job.examples:
                         examples[task] = values.tolist()
-                    total, counts[task] = float(values.sum()), len(values)
-                    value = total / counts[task] if counts[task] else 0.0
-                elif job.examples:
-                    values = obj.evaluate_examples(model, job.start, job.fraction)
-                    examples[task] = values.tolist()
                     total, counts[task] = float(values.sum()), len(values)
                     value = total / counts[task] if counts[task] else 0.0
                 elif part:
