@@ -210,8 +210,8 @@ def summarise(studies: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
                 to_target[seed] = res["trials_to_target"]
         reached = sorted(v for v in to_target.values() if v is not None)
         n = len(to_target)
-        # The median exists when more than half of the seeds reached the target.
-        median = float(np.median(reached + [10**9] * (n - len(reached))))
+        # None without a random-search reference (n = 0) or when half the seeds or more missed.
+        median = float(np.median(reached + [10**9] * (n - len(reached)))) if reached else None
         median = median if 2 * len(reached) > n else None
         summary[key] = {
             "label": STUDIES[key][2],
