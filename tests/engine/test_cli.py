@@ -98,7 +98,8 @@ def test_run_with_pruning_says_how_many_were_pruned(make_config, tmp_path) -> No
 
 
 def test_sigkill_then_resume_loses_and_duplicates_nothing(make_config, tmp_path) -> None:
-    budget = 8
+    # Big enough that the kill lands mid-run: a fast machine ran 8 toy trials between two polls.
+    budget = 60
     cfg = make_config(budget__trials=budget)
     path = _write(tmp_path, cfg)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -108,7 +109,7 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(make_config, tmp_path)
     deadline = time.time() + 180
     done_before = 0
     while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.05)
         try:
             study = optuna.load_study(study_name="t", storage=storage)
         except KeyError:
