@@ -210,9 +210,9 @@ def summarise(studies: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
                 to_target[seed] = res["trials_to_target"]
         reached = sorted(v for v in to_target.values() if v is not None)
         n = len(to_target)
-        # None without a random-search reference (n = 0) or when half the seeds or more missed.
-        median = float(np.median(reached + [10**9] * (n - len(reached)))) if reached else None
-        median = median if 2 * len(reached) > n else None
+        # Exists when more than half of the seeds reached the target (none without a reference).
+        padded = reached + [10**9] * (n - len(reached))
+        median = float(np.median(padded)) if 2 * len(reached) > n else None
         summary[key] = {
             "label": STUDIES[key][2],
             "seeds": sorted(by_seed, key=int),
