@@ -229,6 +229,23 @@ def _named_slots(model: nn.Module) -> dict[str, torch.Tensor]:
     return slots
 
 
+def _usable_device(name: str) -> torch.device:
+    """``pool.device`` as a torch device this process can allocate on (checked where the
+    pool loads: a CPU-only driver may hand GPU work to Ray workers)."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"pool.device: '{name}' but this process sees no CUDA device (torch "
+                f"{torch.__version__}); use pool.device=cpu, or give Ray workers a GPU with "
+                "executor.num_gpus"
+            )
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"pool.device: '{name}' but this process sees {count} GPU(s)")
+    return device
+
+
 class ModelPool:
     """Base, experts, task vectors and live task models, loaded once and kept resident.
 
@@ -243,7 +260,7 @@ class ModelPool:
     def __init__(self, spec: PoolSpec, layout: PoolLayout | None = None) -> None:
         self.spec = spec
         self.layout = layout or read_layout(spec)
-        self.device = torch.device(spec.device)
+        self.device = _usable_device(spec.device)
         self.tau_dtype = _DTYPES[spec.dtype]
         names = list(self.layout.names)
         if _is_hf_folder(spec.base):

@@ -79,6 +79,8 @@ class Evaluator:
         try:
             t0 = time.perf_counter()
             self.method.apply(self.pool, job.plan)
+            if self.pool.live.is_cuda:  # kernels run asynchronously: merge_s is their end
+                torch.cuda.synchronize(self.pool.live.device)
             t1 = time.perf_counter()
             metrics: dict[str, float] = {}
             counts: dict[str, int] = {}

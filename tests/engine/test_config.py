@@ -36,11 +36,26 @@ def test_defaults_fill_in() -> None:
         ({"objectives": {"mode": "sum", "tasks": {"a": {"kind": "x"}}}}, r"^objectives\.mode"),
         ({"name": "a b"}, r"^name: 'a b' may use only"),
         ({"executor": {"workers": 0}}, r"^executor\.workers: must be at least 1"),
+        (
+            {"pool": {"base": "b", "experts": {"a": "x"}, "device": "gpu"}},
+            r"^pool\.device: 'gpu' is not a device; use cpu, cuda or cuda:N",
+        ),
+        (
+            {"pool": {"base": "b", "experts": {"a": "x"}, "device": "cuda"}},
+            r"^executor\.num_gpus: pool\.device is 'cuda' but each Ray worker asks for no GPU",
+        ),
     ],
 )
 def test_bad_config_names_the_key(patch: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         parse_config({**BASE, **patch})
+
+
+def test_gpu_pool_with_gpu_workers_or_inline_parses() -> None:
+    pool = {"base": "b", "experts": {"a": "x", "b": "y"}, "device": "cuda:0"}
+    for executor in ({"num_gpus": 0.5}, {"kind": "inline"}):
+        cfg = parse_config({**BASE, "pool": pool, "executor": executor})
+        assert cfg.pool.device == "cuda:0"
 
 
 def test_weighted_needs_every_weight() -> None:

@@ -264,3 +264,11 @@ def test_exclude_leaving_nothing(tmp_path):
 def test_bad_spec(kw, match):
     with pytest.raises(ConfigError, match=match):
         PoolSpec(**{"base": "b", "experts": {"a": "a"}, **kw})
+
+
+def test_cuda_pool_without_a_gpu_is_refused_in_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: tests/merge/test_cuda.py loads CUDA pools")
+    base = _save(tmp_path / "b.safetensors", w=torch.zeros(2))
+    with pytest.raises(ConfigError, match=r"^pool.device: 'cuda' but this process sees no CUDA"):
+        ModelPool(PoolSpec(base, {"x": base}, device="cuda"))
