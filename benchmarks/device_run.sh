@@ -20,14 +20,17 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/device_run.log") 2>&1
 step() { echo "== [$((SECONDS - start)) s] $*"; }
 
+test -e .venv && { echo "device_run.sh: run it on the device machine's copy of the tree, not in a checkout with .venv"; exit 2; }
 test -f .devkit/ray.tar.xz || { echo "device_run.sh: no .devkit/ (run benchmarks/devkit.sh here, carry .devkit)"; exit 2; }
 step "install the kit into $SITE"
 rm -rf "$SITE" && mkdir -p "$SITE"
 $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .devkit/whl/*.whl || exit 3
 tar -C "$SITE" -xJf .devkit/ray.tar.xz || exit 3
-# mergesweep itself, laid out as pyproject's package-dir maps it (no build backend needed)
-cp -r mergesweep "$SITE/" && cp -r spaces search objectives "$SITE/mergesweep/" || exit 3
-export PYTHONPATH=$SITE MERGESWEEP_CACHE=$PWD/.devkit/cache MERGESWEEP_TEST_ZOO_CACHE=$PWD/.devkit/cache
+# mergesweep's subpackages live in spaces/, search/ and objectives/ (pyproject's package-dir):
+# linked into this throwaway copy's mergesweep/, the tree imports whole from wherever Ray's
+# workers start (they inherit the driver's sys.path and cwd).
+for sub in spaces search objectives; do ln -sfn "../$sub" "mergesweep/$sub" || exit 3; done
+export PYTHONPATH=$SITE:$PWD MERGESWEEP_CACHE=$PWD/.devkit/cache MERGESWEEP_TEST_ZOO_CACHE=$PWD/.devkit/cache
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 export RAY_USAGE_STATS_ENABLED=0
 # -P: the repo root must not shadow the installed package (its subpackages live in spaces/, ...)
