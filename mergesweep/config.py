@@ -262,18 +262,11 @@ def _check(cfg: ExperimentConfig) -> None:
 
 
 def _check_device(cfg: ExperimentConfig) -> None:
-    """``pool.device`` names a device, and Ray workers meant to merge on a GPU are given one
-    (Ray hides the GPUs from an actor that asks for none). Whether the device exists is
-    checked where the pool loads: the driver may have no GPU."""
+    """``pool.device`` names a device. Whether it exists is checked where the pool loads: the
+    driver may have no GPU while its Ray workers do."""
     device = cfg.pool.device
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
         raise ConfigError(f"pool.device: '{device}' is not a device; use cpu, cuda or cuda:N")
-    if device.startswith("cuda") and cfg.executor.kind != "inline" and cfg.executor.num_gpus <= 0:
-        raise ConfigError(
-            f"executor.num_gpus: pool.device is '{device}' but each Ray worker asks for no "
-            "GPU (Ray hides GPUs from it); set executor.num_gpus to 1, or 0.5 for two workers "
-            "per GPU"
-        )
 
 
 def _check_pruning(cfg: ExperimentConfig) -> None:

@@ -40,10 +40,6 @@ def test_defaults_fill_in() -> None:
             {"pool": {"base": "b", "experts": {"a": "x"}, "device": "gpu"}},
             r"^pool\.device: 'gpu' is not a device; use cpu, cuda or cuda:N",
         ),
-        (
-            {"pool": {"base": "b", "experts": {"a": "x"}, "device": "cuda"}},
-            r"^executor\.num_gpus: pool\.device is 'cuda' but each Ray worker asks for no GPU",
-        ),
     ],
 )
 def test_bad_config_names_the_key(patch: dict, match: str) -> None:
@@ -51,9 +47,10 @@ def test_bad_config_names_the_key(patch: dict, match: str) -> None:
         parse_config({**BASE, **patch})
 
 
-def test_gpu_pool_with_gpu_workers_or_inline_parses() -> None:
+def test_gpu_pool_parses_without_a_gpu_here() -> None:
+    # the driver may have no GPU: the pool's device is checked where the pool loads
     pool = {"base": "b", "experts": {"a": "x", "b": "y"}, "device": "cuda:0"}
-    for executor in ({"num_gpus": 0.5}, {"kind": "inline"}):
+    for executor in ({"num_gpus": 0.5}, {"kind": "inline"}, {"num_gpus": 0}):
         cfg = parse_config({**BASE, "pool": pool, "executor": executor})
         assert cfg.pool.device == "cuda:0"
 
