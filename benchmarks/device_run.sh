@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a lent GPU machine, from the repo root, with .devkit/ carried (bash benchmarks/devkit.sh):
 # installs the kit and mergesweep into /tmp/site (no network there), then runs
-#   1. the GPU tests (pytest -m gpu): CUDA merges against the CPU's, GPU sweeps inline and on Ray;
+#   1. the GPU tests (pytest -m gpu): CUDA merges against the CPU's, GPU sweeps inline and on Ray,
+#      AdaMerging's descent on the GPU;
 #   2. benchmarks/gpu_sweep.py: the quick start's trials/hour, merge_ms and eval_ms, GPU vs CPU;
 #   3. benchmarks/merge_bandwidth.py --device cuda (~100M parameters, 8 experts), if time is left.
 # Logs and JSON results go to $OUT (the device tool brings them back).
@@ -46,7 +47,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 
 step "GPU tests"
 timeout 240 $PYTHON -P -m pytest -q -ra -m gpu -p no:cacheprovider \
-  tests/merge/test_cuda.py tests/runtime/test_cuda_sweep.py
+  tests/merge/test_cuda.py tests/runtime/test_cuda_sweep.py tests/search/test_cuda_adamerging.py
 echo "pytest rc=$?"
 
 step "gpu_sweep.py"
