@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On a lent GPU machine, from the repo root, with .devkit/ carried (bash benchmarks/devkit.sh):
-# installs the kit and mergesweep into /tmp/site (no network there), then runs
+# installs the kit into /tmp/mergesweep-site (no network there), then runs
 #   1. the GPU tests (pytest -m gpu): CUDA merges against the CPU's, GPU sweeps inline and on Ray,
 #      AdaMerging's descent on the GPU;
 #   2. benchmarks/gpu_sweep.py: the quick start's trials/hour, merge_ms and eval_ms, GPU vs CPU;
