@@ -9,7 +9,9 @@ Ray's start-up is not counted):
   (the baseline, on this machine);
 - ``gpu_inline``: the driver's own process merges and evaluates on the GPU;
 - ``gpu_ray_1``: one Ray worker holding the GPU (``executor.num_gpus=1``);
-- ``gpu_ray_2``: two Ray workers sharing it (``executor.num_gpus=0.5`` each).
+- ``gpu_ray_2``: two Ray workers sharing it (``executor.num_gpus=0.5`` each);
+- ``gpu_ray_1_batch1024``: ``gpu_ray_1`` with one evaluation batch per task instead of 64
+  examples per batch.
 
 Each run reports steady-state trials/hour (first trial's start to last trial's completion),
 per-trial ``merge_ms`` and ``eval_ms`` (means and medians; a GPU merge is timed to its kernels'
@@ -66,6 +68,14 @@ RUNS: dict[str, list[str]] = {
         "executor.workers=2",
         "executor.num_gpus={half}",
         "pool.device={device}",
+    ],
+    # one forward pass per task (batch_size 1024 ≥ a split): a GPU wants few large kernels
+    "gpu_ray_1_batch1024": [
+        "executor.kind=ray",
+        "executor.workers=1",
+        "executor.num_gpus={gpus}",
+        "pool.device={device}",
+        *(f"objectives.tasks.{t}.batch_size=1024" for t in ("low", "high", "parity", "loop")),
     ],
 }
 
@@ -184,6 +194,7 @@ def main() -> None:
         ("gpu_ray_1", "cpu_ray_1"),
         ("gpu_ray_2", "cpu_ray_2"),
         ("gpu_ray_2", "gpu_ray_1"),
+        ("gpu_ray_1_batch1024", "gpu_ray_1"),
     ):
         if gpu in runs and cpu in runs:
             ratios[f"{gpu}_vs_{cpu}"] = runs[gpu]["trials_per_hour"] / runs[cpu]["trials_per_hour"]
