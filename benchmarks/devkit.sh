@@ -11,7 +11,7 @@
 # KIT_PYTHON=3.11 builds the kit for a Python 3.11 stand-in of that machine (to check it here).
 set -euo pipefail
 PY=${KIT_PYTHON:-3.12}
-KIT=.devkit
+KIT=${KIT_DIR:-.devkit}  # KIT_DIR: build it elsewhere (a rehearsal tree)
 PIP=".venv/bin/python -m pip"
 test -x .venv/bin/python || { echo "devkit.sh: run 'make install' first" >&2; exit 2; }
 # The versions the test suite runs with here, for every package the GPU machine lacks.
