@@ -232,7 +232,12 @@ def _named_slots(model: nn.Module) -> dict[str, torch.Tensor]:
 def _usable_device(name: str) -> torch.device:
     """``pool.device`` as a torch device this process can allocate on (checked where the
     pool loads: a CPU-only driver may hand GPU work to Ray workers)."""
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"pool.device: '{name}' is not a device; use cpu, cuda or cuda:N"
+        ) from None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

@@ -272,3 +272,5 @@ def test_cuda_pool_without_a_gpu_is_refused_in_one_line(tmp_path):
     base = _save(tmp_path / "b.safetensors", w=torch.zeros(2))
     with pytest.raises(ConfigError, match=r"^pool.device: 'cuda' but this process sees no CUDA"):
         ModelPool(PoolSpec(base, {"x": base}, device="cuda"))
+    with pytest.raises(ConfigError, match=r"^pool.device: 'gpu' is not a device"):
+        ModelPool(PoolSpec(base, {"x": base}, device="gpu"))
