@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -42,12 +40,9 @@ from typing import Any
 import optuna
 import ray
 import torch
-from optuna.trial import TrialState
+from runtime_throughput import run as throughput_run
+from runtime_throughput import start_local_ray
 from study_scores import cpu_name
-
-from mergesweep.api import load_config_dict
-from mergesweep.driver import run_sweep
-from mergesweep.study import open_study
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE.parent / "experiments" / "quickstart.yaml"
@@ -80,40 +75,12 @@ RUNS: dict[str, list[str]] = {
 }
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.mean(values), "median": statistics.median(values)}
-
-
 def run(name: str, url: str, trials: int, overrides: list[str]) -> dict[str, Any]:
-    """One sweep of ``trials`` on a fresh study; steady-state figures from its trials."""
-    base = [f"name={name}", f"storage={url}", f"budget.trials={trials}", "executor.threads=1"]
-    config = load_config_dict(CONFIG, [*base, *overrides])
-    setup = open_study(config)
-    summary = run_sweep(setup, progress=False)
-    done = setup.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    steady = (
-        max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)
-    ).total_seconds()
-    timings = [t.user_attrs["timings"] for t in done]
-    workers = {t.user_attrs["worker"] for t in done}
-    init = [t for t in done if t.user_attrs.get("enqueued")]
-    work = sum(x["merge_s"] + x["eval_s"] for x in timings)
-    return {
-        "overrides": " ".join(overrides),
-        "trials": summary.complete,
-        "failed": summary.failed,
-        "workers": len(workers),
-        "trials_per_hour": 3600 * len(done) / steady,
-        "steady_s": steady,
-        "wall_s": summary.wall_s,
-        # the workers' share of the steady state spent merging and evaluating
-        "busy_fraction": work / (steady * len(workers)),
-        "merge_ms": {k: 1e3 * v for k, v in _stats([x["merge_s"] for x in timings]).items()},
-        "eval_ms": {k: 1e3 * v for k, v in _stats([x["eval_s"] for x in timings]).items()},
-        "load_s": statistics.mean(x["load_s"] for x in timings),
-        "best_value": summary.best[0]["values"][0] if summary.best else None,
-        "init_metrics": init[0].user_attrs["metrics"] if init else None,
-    }
+    """One sweep of ``trials`` on a fresh study, one torch thread per worker: runtime_throughput's
+    steady-state figures, plus trials/hour."""
+    result = throughput_run(name, url, trials, ["executor.threads=1", *overrides])
+    result["trials_per_hour"] = 3600 * result["throughput_per_s"]
+    return result
 
 
 def agreement(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -166,13 +133,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # the CPU dry run gives the "GPU" rows no GPU share (there is none to share)
     fill = {"device": args.device, "gpus": 1 if gpus else 0, "half": 0.5 if gpus else 0}
-    ray.init(
-        address="local",
-        num_cpus=os.cpu_count() or 1,
-        num_gpus=gpus,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-    )
+    start_local_ray(gpus)
     runs: dict[str, Any] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -183,7 +144,7 @@ def main() -> None:
                 r = runs[name]
                 print(
                     f"{name:11s} {r['trials_per_hour']:8.0f} trials/h  merge "
-                    f"{r['merge_ms']['median']:7.2f} ms  eval {r['eval_ms']['median']:7.1f} ms  "
+                    f"{r['merge_ms_median']:7.2f} ms  eval {r['eval_ms_median']:7.1f} ms  "
                     f"best {r['best_value']:.4f}",
                     flush=True,
                 )

@@ -81,13 +81,13 @@ def parallelism(seconds: float = 2.0) -> float:
     return work[1] / work[0]
 
 
-def start_local_ray() -> None:
-    """One local Ray instance with this machine's cores and no GPU, started before the timed
-    runs so that Ray's start-up is not counted (shared by the runtime benchmarks)."""
+def start_local_ray(num_gpus: int = 0) -> None:
+    """One local Ray instance with this machine's cores and ``num_gpus`` GPUs, started before
+    the timed runs so that Ray's start-up is not counted (shared by the runtime benchmarks)."""
     ray.init(
         address="local",
         num_cpus=os.cpu_count() or 1,
-        num_gpus=0,
+        num_gpus=num_gpus,
         include_dashboard=False,
         logging_level=logging.WARNING,
     )
@@ -107,6 +107,7 @@ def run(name: str, url: str, trials: int, executor: list[str]) -> dict[str, Any]
     timings = [t.user_attrs["timings"] for t in done]
     spans = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
     work = [x["merge_s"] + x["eval_s"] for x in timings]
+    init = [t.user_attrs["metrics"] for t in done if t.user_attrs.get("enqueued")]
     return {
         "executor": " ".join(executor),
         "trials": summary.complete,
@@ -122,8 +123,12 @@ def run(name: str, url: str, trials: int, executor: list[str]) -> dict[str, Any]
         "dispatch_ms": 1e3 * statistics.mean(s - w for s, w in zip(spans, work)),
         "merge_ms": 1e3 * statistics.mean(x["merge_s"] for x in timings),
         "eval_ms": 1e3 * statistics.mean(x["eval_s"] for x in timings),
+        "merge_ms_median": 1e3 * statistics.median(x["merge_s"] for x in timings),
+        "eval_ms_median": 1e3 * statistics.median(x["eval_s"] for x in timings),
         "load_s": statistics.mean(x["load_s"] for x in timings),
         "best_value": summary.best[0]["values"][0] if summary.best else None,
+        # the enqueued start point's per-task scores (compared across devices by gpu_sweep)
+        "init_metrics": init[0] if init else None,
     }
 
 

@@ -242,7 +242,7 @@ def _check(cfg: ExperimentConfig) -> None:
         raise ConfigError("executor.prefetch: must be 0 or more")
     if not cfg.objectives.tasks:
         raise ConfigError("objectives.tasks: at least one task is needed")
-    _check_device(cfg)
+    check_device_name(cfg.pool.device)
     for task, spec in cfg.objectives.tasks.items():
         if not isinstance(spec, dict) or "kind" not in spec:
             raise ConfigError(f"objectives.tasks.{task}.kind: missing required key")
@@ -261,10 +261,9 @@ def _check(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"name: '{cfg.name}' may use only letters, digits, '_', '-', '.'")
 
 
-def _check_device(cfg: ExperimentConfig) -> None:
+def check_device_name(device: str) -> None:
     """``pool.device`` names a device. Whether it exists is checked where the pool loads: the
     driver may have no GPU while its Ray workers do."""
-    device = cfg.pool.device
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
         raise ConfigError(f"pool.device: '{device}' is not a device; use cpu, cuda or cuda:N")
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mergesweep.config import check_device_name
 from mergesweep.errors import ConfigError, PoolError
 from mergesweep.weights import TensorInfo, content_hash, read_infos, read_tensors
 
@@ -232,12 +233,8 @@ def _named_slots(model: nn.Module) -> dict[str, torch.Tensor]:
 def _usable_device(name: str) -> torch.device:
     """``pool.device`` as a torch device this process can allocate on (checked where the
     pool loads: a CPU-only driver may hand GPU work to Ray workers)."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(
-            f"pool.device: '{name}' is not a device; use cpu, cuda or cuda:N"
-        ) from None
+    check_device_name(name)
+    device = torch.device(name)
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

@@ -98,7 +98,9 @@ def bert_batches(n: int = 6, seed: int = 1) -> list[dict[str, torch.Tensor]]:
 
 
 def bert_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(**batch).logits
+    """Logits of a CPU batch on the model's device (as objectives move their batches)."""
+    device = next(model.parameters()).device
+    return model(**{k: v.to(device) for k, v in batch.items()}).logits
 
 
 def bert_context(pool: ModelPool, seed: int = 0) -> PrepareContext:

@@ -12,10 +12,10 @@ import dataclasses
 import pytest
 import torch
 
-from mergesweep.merge import METHODS, PrepareContext, build_method
+from mergesweep.merge import METHODS, build_method
 from mergesweep.pool import ModelPool
 
-from .conftest import bert_batches
+from .conftest import bert_context
 
 pytestmark = [
     pytest.mark.gpu,
@@ -30,26 +30,11 @@ OPTIONS = {"fisher": {"samples": 4}, "magnitude": {"density": 0.5}}
 GRADIENT_BASED = {"fisher", "dfmerge"}
 
 
-def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    device = next(model.parameters()).device
-    return model(**{k: v.to(device) for k, v in batch.items()}).logits
-
-
-def _context(pool: ModelPool) -> PrepareContext:
-    """What objectives give data-dependent methods: batches on the CPU, logits on the model's
-    device (as :mod:`objectives.data` moves its batches)."""
-    return PrepareContext(
-        seed=0,
-        batches={t: bert_batches for t in pool.experts},
-        logits={t: _logits for t in pool.experts},
-    )
-
-
 def _merged(spec, name: str, device: str, plans: list) -> list[torch.Tensor]:
     pool = ModelPool(dataclasses.replace(spec, device=device))
     assert pool.live.device.type == device
     method = build_method(name, OPTIONS.get(name))
-    method.prepare(pool, _context(pool))
+    method.prepare(pool, bert_context(pool))
     out = []
     for p in plans:
         method.apply(pool, p)
@@ -84,7 +69,7 @@ def test_cuda_functional_matches_apply(bert_dirs, plan) -> None:
     """The differentiable path (AdaMerging) on the GPU gives the in-place merge's weights."""
     pool = ModelPool(dataclasses.replace(bert_dirs(2), device="cuda"))
     method = build_method("task_arithmetic")
-    method.prepare(pool, _context(pool))
+    method.prepare(pool, bert_context(pool))
     p = plan(pool, seed=8)
     method.apply(pool, p)
     coeffs = torch.tensor(p.coefficients, dtype=torch.float32, device="cuda", requires_grad=True)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
+
+from mergesweep.storage import open_storage
+
 TASKS = ("low", "high", "parity", "loop")
 
 
@@ -45,3 +49,9 @@ def with_callable(cfg: dict, function: str, task: str = "low") -> dict:
         "function": f"ms_runtime_fns:{function}",
     }
     return cfg
+
+
+def stored_trials(cfg: dict) -> list[optuna.trial.FrozenTrial]:
+    """Every trial of ``cfg``'s study, read back from its storage."""
+    study = optuna.load_study(study_name=cfg["name"], storage=open_storage(cfg["storage"]))
+    return study.get_trials(deepcopy=False)

@@ -13,10 +13,10 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from rt_configs import stored_trials
 
 from mergesweep.driver import run_sweep
 from mergesweep.errors import ConfigError
-from mergesweep.storage import open_storage
 from mergesweep.study import open_study
 
 pytestmark = [
@@ -47,13 +47,8 @@ def gpu_ray(runtime_dir) -> Iterator[int]:
         ray.shutdown()
 
 
-def _trials(cfg: dict) -> list[optuna.trial.FrozenTrial]:
-    study = optuna.load_study(study_name=cfg["name"], storage=open_storage(cfg["storage"]))
-    return study.get_trials(deepcopy=False)
-
-
 def _init_trial(cfg: dict) -> optuna.trial.FrozenTrial:
-    (init,) = [t for t in _trials(cfg) if t.user_attrs.get("enqueued")]
+    (init,) = [t for t in stored_trials(cfg) if t.user_attrs.get("enqueued")]
     return init
 
 
@@ -76,7 +71,7 @@ def test_cuda_sweeps_score_like_the_cpu(make_config, gpu_ray) -> None:
     for cfg, n in ((inline, 4), (shared, 8)):
         summary = run_sweep(open_study(cfg), progress=False)
         assert (summary.complete, summary.failed) == (n, 0)
-        trials = _trials(cfg)
+        trials = stored_trials(cfg)
         assert [t.state for t in trials] == [TrialState.COMPLETE] * n
         for t in trials:
             assert t.user_attrs["timings"]["merge_s"] > 0 and t.user_attrs["timings"]["eval_s"] > 0
@@ -85,7 +80,7 @@ def test_cuda_sweeps_score_like_the_cpu(make_config, gpu_ray) -> None:
         # near-tie may flip per task.
         for task, value in reference.items():
             assert abs(metrics[task] - value) <= 0.01 + 1e-9, (cfg["name"], task)
-    workers = {t.user_attrs["worker"] for t in _trials(shared)}
+    workers = {t.user_attrs["worker"] for t in stored_trials(shared)}
     assert len(workers) == 2  # both GPU actors served trials
 
 

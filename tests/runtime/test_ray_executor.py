@@ -8,10 +8,9 @@ import os
 import time
 
 import numpy as np
-import optuna
 import pytest
 from optuna.trial import TrialState
-from rt_configs import with_callable
+from rt_configs import stored_trials, with_callable
 
 from mergesweep.driver import run_sweep
 from mergesweep.errors import ConfigError, ExecutorError
@@ -19,22 +18,16 @@ from mergesweep.pareto import base_scores
 from mergesweep.runtime import Job
 from mergesweep.runtime.ray_executor import RayExecutor
 from mergesweep.search import distributions
-from mergesweep.storage import open_storage
 from mergesweep.study import open_study
 
 pytestmark = pytest.mark.usefixtures("local_ray")
-
-
-def _trials(cfg: dict) -> list[optuna.trial.FrozenTrial]:
-    study = optuna.load_study(study_name=cfg["name"], storage=open_storage(cfg["storage"]))
-    return study.get_trials(deepcopy=False)
 
 
 def test_two_workers_reach_the_budget_with_inline_results(make_config) -> None:
     cfg = make_config(budget__trials=6)
     summary = run_sweep(open_study(cfg), progress=False)
     assert (summary.complete, summary.failed) == (6, 0)
-    trials = _trials(cfg)
+    trials = stored_trials(cfg)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both actors served trials
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 6
@@ -45,7 +38,7 @@ def test_two_workers_reach_the_budget_with_inline_results(make_config) -> None:
 
     inline = make_config(name="inline", budget__trials=1, executor={"kind": "inline"})
     run_sweep(open_study(inline), progress=False)
-    (ref,) = _trials(inline)
+    (ref,) = stored_trials(inline)
     (init,) = [t for t in trials if t.user_attrs.get("enqueued")]
     assert init.params == ref.params
     assert init.user_attrs["metrics"] == ref.user_attrs["metrics"]  # same numbers, bit for bit
@@ -65,7 +58,7 @@ def test_dead_workers_fail_requeue_and_restart(make_config, runtime_dir) -> None
         make_config(name="chaos", budget__trials=5, executor__max_retries=2), "die_every_third"
     )
     summary = run_sweep(open_study(cfg), progress=False)
-    trials = _trials(cfg)
+    trials = stored_trials(cfg)
     table = "\n".join(  # shown when an assertion fails: the run's trials
         f"{t.number} {t.state.name} {t.user_attrs.get('requeue_of')} "
         f"{t.user_attrs.get('worker')} {t.user_attrs.get('fail_reason')}"
@@ -105,7 +98,7 @@ def test_trial_timeout_fails_the_trial_and_replaces_the_worker(make_config, runt
     start = time.monotonic()
     summary = run_sweep(open_study(cfg), progress=False)
     assert time.monotonic() - start < 600  # not the hour the hung call sleeps (loaded CI: slow)
-    trials = _trials(cfg)
+    trials = stored_trials(cfg)
     assert summary.complete == 3
     (failed,) = [t for t in trials if t.state == TrialState.FAIL]
     assert failed.user_attrs["fail_reason"] == "timeout after 6 s"
@@ -125,7 +118,7 @@ def test_a_worker_that_cannot_load_the_pool_stops_the_sweep(make_config) -> None
     setup.config["pool"]["base"] = "/nonexistent/node-local/base"
     with pytest.raises(ExecutorError, match=r"^pool: worker .* cannot load the pool: .*"):
         run_sweep(setup, progress=False)
-    trials = _trials(setup.config)
+    trials = stored_trials(setup.config)
     # Nothing ran, nothing is left RUNNING; the enqueued start point still waits.
     assert [t.state for t in trials] == [TrialState.WAITING]
 
@@ -139,7 +132,7 @@ def test_more_gpus_than_the_cluster_has_is_a_config_error(make_config) -> None:
     ):
         run_sweep(setup, progress=False)
     assert time.monotonic() - start < 10
-    assert [t.state for t in _trials(setup.config)] == [TrialState.WAITING]
+    assert [t.state for t in stored_trials(setup.config)] == [TrialState.WAITING]
 
 
 def test_worker_memory_stays_flat(make_config) -> None:
@@ -187,7 +180,7 @@ def test_prefetch_queues_jobs_behind_the_running_one(make_config, prefetch: int)
     setup = open_study(cfg)
     summary = run_sweep(setup, progress=False)
     assert (summary.complete, summary.failed) == (5, 0)
-    trials = sorted(_trials(cfg), key=lambda t: t.number)
+    trials = sorted(stored_trials(cfg), key=lambda t: t.number)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
     # Trial k+1 asked before trial k was told: never without a queue; with one, whenever the
     # driver collected results one at a time (it may collect two at once on a busy machine).
@@ -202,7 +195,7 @@ def test_two_workers_prune_and_climb_rungs(make_config) -> None:
     pruning = {"pruner": "halving", "rungs": [0.25, 0.5], "startup_trials": 3}
     cfg = make_config(budget__trials=12, searcher={"name": "tpe"}, pruning=pruning)
     summary = run_sweep(open_study(cfg), progress=False)
-    trials = _trials(cfg)
+    trials = stored_trials(cfg)
     done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(done) == 12 and summary.failed == 0
     assert summary.pruned == sum(t.state == TrialState.PRUNED for t in trials) > 0
@@ -216,5 +209,5 @@ def test_two_workers_prune_and_climb_rungs(make_config) -> None:
     inline_setup = open_study(inline)
     inline_setup.study.enqueue_trial(best.params)
     run_sweep(inline_setup, progress=False)
-    ref = next(t for t in _trials(inline) if t.params == best.params)
+    ref = next(t for t in stored_trials(inline) if t.params == best.params)
     assert best.user_attrs["metrics"] == pytest.approx(ref.user_attrs["metrics"], rel=1e-9)

@@ -7,11 +7,10 @@ import json
 import statistics
 from pathlib import Path
 
-import optuna
 import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
-from rt_configs import TASKS, with_callable
+from rt_configs import TASKS, stored_trials, with_callable
 
 from mergesweep import api
 from mergesweep.cli import main
@@ -19,7 +18,6 @@ from mergesweep.driver import SweepError, study_values
 from mergesweep.errors import ConfigError
 from mergesweep.runtime import Job
 from mergesweep.runtime.worker import Evaluator
-from mergesweep.storage import open_storage
 from mergesweep.study import open_study
 
 tune = pytest.importorskip("ray.tune")
@@ -45,16 +43,11 @@ def _run(cfg: dict, tmp_path, *, create: bool = True, **kwargs):
     return run_tune_sweep(setup, progress=False, run_config=run_config, **kwargs)
 
 
-def _trials(cfg: dict) -> list[optuna.trial.FrozenTrial]:
-    study = optuna.load_study(study_name=cfg["name"], storage=open_storage(cfg["storage"]))
-    return study.get_trials(deepcopy=False)
-
-
 def test_tune_sweep_stores_driver_records_and_resumes(make_config, tmp_path) -> None:
     cfg = _tune_config(make_config, name="tuned", budget__trials=6)
     summary = _run(cfg, tmp_path)
     assert (summary.complete, summary.failed) == (6, 0)
-    trials = _trials(cfg)
+    trials = stored_trials(cfg)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 6
     setup = open_study(cfg, create=False)
@@ -76,7 +69,7 @@ def test_tune_sweep_stores_driver_records_and_resumes(make_config, tmp_path) -> 
     # The enqueued start point gives the numbers the inline driver gives, bit for bit.
     inline = make_config(name="inline", budget__trials=1, executor={"kind": "inline"})
     api.run(inline)
-    (ref,) = _trials(inline)
+    (ref,) = stored_trials(inline)
     (init,) = [t for t in trials if t.user_attrs.get("enqueued")]
     assert init.params == ref.params
     assert init.user_attrs["metrics"] == ref.user_attrs["metrics"]
@@ -92,7 +85,7 @@ def test_tune_sweep_stores_driver_records_and_resumes(make_config, tmp_path) -> 
     more = dict(cfg, budget={"trials": 8, "max_failures": 10})
     summary = _run(more, tmp_path, create=False)
     assert summary.complete == 8
-    trials = _trials(cfg)
+    trials = stored_trials(cfg)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
     assert len({t.user_attrs["driver"] for t in trials}) == 2  # six, then two more
     assert all("metrics" in t.user_attrs for t in trials[6:])
@@ -108,7 +101,7 @@ def test_failures_are_fail_with_their_reason(make_config, tmp_path, runtime_dir)
     )
     cfg = with_callable(with_callable(cfg, "raise_once", "low"), "hang_once", "high")
     summary = _run(cfg, tmp_path)
-    trials = _trials(cfg)
+    trials = stored_trials(cfg)
     by_state = {s: [t for t in trials if t.state == s] for s in TrialState}
     reasons = sorted(t.user_attrs["fail_reason"] for t in by_state[TrialState.FAIL])
     assert summary.complete == len(by_state[TrialState.COMPLETE]) == 3
@@ -127,7 +120,7 @@ def test_too_many_failures_stop_the_sweep(make_config, tmp_path, runtime_dir) ->
     cfg = with_callable(cfg, "raise_once", "parity")
     with pytest.raises(SweepError, match=r"budget.max_failures: 1 trials failed.*parity broke"):
         _run(cfg, tmp_path)
-    states = {t.state for t in _trials(cfg)}
+    states = {t.state for t in stored_trials(cfg)}
     assert TrialState.RUNNING not in states and TrialState.FAIL in states
 
 
@@ -137,7 +130,7 @@ def test_searchers_with_their_own_loop_are_refused(make_config, tmp_path) -> Non
         _run(cfg, tmp_path)
     with pytest.raises(ConfigError, match=r"executor\.kind: 'tune'"):
         api.run(cfg)
-    assert not [t for t in _trials(cfg) if t.state != TrialState.WAITING]
+    assert not [t for t in stored_trials(cfg) if t.state != TrialState.WAITING]
 
 
 def test_trainable_in_a_user_tuner_matches_the_inline_evaluator(make_config, tmp_path) -> None:
